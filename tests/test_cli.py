@@ -1,0 +1,106 @@
+"""The command line as a user meets it: a full run, and one clear line for every kind of bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from vwt_export import Vocabulary
+from vwt_export.cli import main
+from vwt_export.demo import write_demo_images
+
+TINY = ["vit_tiny_patch16_224", "--model-arg", "img_size=64", "--model-arg", "depth=1", "--model-arg", "num_classes=10"]
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    return exc.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_demo_images(tmp_path_factory.mktemp("imgs"), count=6, size=80)
+
+
+def test_inter_run_learns_saves_and_reuses_the_vocabulary(tmp_path, images, capsys):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(TINY + ["--weights", "random", "--calib", str(images), "--vocab-size", "16",
+                                        "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    assert "tokens per image: mean" in stdout and "agreement with the uncompressed model on 6 images" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["weights_meaningful"] is False and summary["torch_check"]["images"] == 6
+    assert summary["torch_check"]["tokens_mean"] <= summary["torch_check"]["tokens_in"] == 17
+    vocab = Vocabulary.load(out / "vocab.safetensors")
+    assert vocab.size == 16 and vocab.meta["source"]["images"] == 6
+
+    code, stdout, err = run_cli(TINY + ["--weights", "random", "--vocab", str(out / "vocab.safetensors"), "--val",
+                                        str(images), "--out", str(tmp_path / "again"), "--quiet"], capsys)
+    assert code == 0, err
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert again["torch_check"] == {**summary["torch_check"], "images_from": str(images)}
+
+
+def test_intra_run(tmp_path, images, capsys):
+    code, stdout, err = run_cli(TINY + ["--weights", "random", "--mode", "intra", "--keep", "8", "--val", str(images),
+                                        "--out", str(tmp_path), "--quiet"], capsys)
+    assert code == 0, err
+    assert "tokens per image: mean 9.0 of 17" in stdout
+
+
+def test_python_dash_m_and_help():
+    r = subprocess.run([sys.executable, "-m", "vwt_export", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--mode [none|intra|inter]" in r.stdout
+
+
+def _bad_inputs(tmp_path, images):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("x")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "a.jpg").write_bytes(b"nope")
+    (tmp_path / "corrupt.pth").write_bytes(b"garbage")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"garbage")
+    Vocabulary(torch.randn(4, 3 * 14 * 14), patch_size=14).save(tmp_path / "p14.safetensors")
+    rnd = TINY + ["--weights", "random"]
+    img = ["--calib", str(images)]
+    return {
+        "unknown model": (["deit_ss", "--weights", "random"] + img, "unknown model 'deit_ss'"),
+        "not a vit": (["resnet18", "--weights", "random"] + img, "not a timm VisionTransformer"),
+        "missing weights": (TINY + ["--weights", str(tmp_path / "no.pth")] + img, "no such checkpoint"),
+        "corrupt weights": (TINY + ["--weights", str(tmp_path / "corrupt.pth")] + img, "not a readable checkpoint"),
+        "missing vocab": (rnd + ["--vocab", str(tmp_path / "no.safetensors"), "--val", str(images)], "no such vocabulary"),
+        "corrupt vocab": (rnd + ["--vocab", str(tmp_path / "corrupt.safetensors"), "--val", str(images)], "corrupt"),
+        "wrong patch vocab": (rnd + ["--vocab", str(tmp_path / "p14.safetensors"), "--val", str(images)], "patch size 14"),
+        "empty calib": (rnd + ["--calib", str(tmp_path / "empty")], "no images found"),
+        "non-image calib": (rnd + ["--calib", str(tmp_path / "texts")], "no images found"),
+        "unreadable calib": (rnd + ["--calib", str(tmp_path / "broken")], "none of the 1 image files could be read"),
+        "missing calib": (rnd + ["--calib", str(tmp_path / "nowhere")], "no such folder"),
+        "threshold": (rnd + img + ["--threshold", "2.5"], "2.5 is not in the range"),
+        "keep fraction": (rnd + img + ["--mode", "intra", "--keep", "1.5"], "keep=1.5 is out of range"),
+        "keep count": (rnd + img + ["--mode", "intra", "--keep", "17"], "keep=17 patches is out of range"),
+        "keep text": (rnd + img + ["--mode", "intra", "--keep", "lots"], "--keep lots"),
+        "no vocab source": (rnd + ["--val", str(images)], "inter mode needs a vocabulary"),
+        "no check images": (rnd + ["--mode", "intra"], "the checks need images"),
+        "bad model arg": (rnd + img + ["--model-arg", "img_size"], "expected KEY=VALUE"),
+        "wrong image size": (TINY + ["--weights", "random", "--model-arg", "patch_size=12"] + img,
+                             "not divisible by the patch size 12"),
+    }
+
+
+def test_bad_input_gives_one_clear_line_and_keeps_existing_files(tmp_path, images, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "vocab.safetensors").write_bytes(b"precious")
+    for name, (argv, msg) in _bad_inputs(tmp_path, images).items():
+        code, stdout, err = run_cli(argv + ["--out", str(out), "--quiet"], capsys)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code not in (0, None), name
+        assert lines and lines[-1].startswith("error: ") and msg in lines[-1], (name, err)
+        assert "Traceback" not in err, name
+        assert (out / "vocab.safetensors").read_bytes() == b"precious", name

@@ -1,0 +1,17 @@
+"""vwt-export: compress timm Vision Transformers with the Visual Word Tokenizer and ship them.
+
+    import vwt_export as vx
+    model = vx.load_model("deit_s", weights="random")
+    vocab = vx.learn_vocabulary(model, "images/", size=1000)
+    cmodel = vx.compress(model, mode="inter", vocab=vocab, threshold=0.1)
+    logits = cmodel(x); cmodel.last_token_counts
+"""
+
+from .errors import VWTError
+from .models import load_model, model_cards
+from .vwt import CompressedViT, Vocabulary, compress, learn_vocabulary
+
+__version__ = "0.1.0"
+
+__all__ = ["CompressedViT", "VWTError", "Vocabulary", "compress", "learn_vocabulary", "load_model", "model_cards",
+           "__version__"]

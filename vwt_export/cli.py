@@ -1,0 +1,287 @@
+"""`vwt-export`: the only module that knows the whole pipeline.
+
+    models -> vwt (vocabulary, compression) -> [export, engines: later stages] -> check -> summary
+
+Each stage is a function taking the run's `Run` state; later stages slot into `run()` in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import VWTError
+
+MODES = ("none", "intra", "inter")
+log = logging.getLogger("vwt_export")
+
+
+@dataclass
+class Run:
+    """What one invocation asked for and what it has produced so far."""
+
+    model_name: str
+    mode: str
+    weights: str
+    model_args: dict[str, Any]
+    calib: Path | None
+    val: Path | None
+    vocab_path: Path | None
+    vocab_size: int
+    threshold: float
+    keep: int | float
+    space: str | None
+    prop_attn: bool
+    out: Path
+    skip_checks: bool
+    batch_size: int
+    max_images: int | None
+    seed: int
+    device: str
+    progress: bool
+    # filled in by the stages
+    model: Any = None
+    vocab: Any = None
+    cmodel: Any = None
+    calib_files: list[Path] = field(default_factory=list)
+    check_files: list[Path] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def say(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+# -- stages ---------------------------------------------------------------------------------------------------
+
+
+def validate_inputs(run: Run) -> None:
+    """Check every input file and folder before any slow work, so mistakes fail in a second."""
+    from .data import list_images
+    from .vwt import Vocabulary
+
+    if run.calib is not None:
+        run.calib_files = list_images(run.calib)[: run.max_images]
+    if run.val is not None:
+        run.check_files = list_images(run.val)[: run.max_images]
+    elif not run.skip_checks:
+        run.check_files = run.calib_files
+    if run.mode == "inter":
+        if run.vocab_path is not None:
+            run.vocab = Vocabulary.load(run.vocab_path, space=run.space)
+            if run.space and run.vocab.space != run.space:
+                raise VWTError(f"{run.vocab_path}: a {run.vocab.space}-space vocabulary, but --space {run.space} was given")
+        elif run.calib is None:
+            raise VWTError("inter mode needs a vocabulary: pass --vocab FILE or --calib DIR to learn one (or --demo)")
+    if not run.skip_checks and not run.check_files:
+        raise VWTError("the checks need images: pass --val DIR or --calib DIR (or --skip-checks)")
+    if run.out.exists() and not run.out.is_dir():
+        raise VWTError(f"{run.out}: exists and is not a folder; pass another --out")
+
+
+def load(run: Run) -> None:
+    from .models import load_model
+
+    say(f"loading {run.model_name} (weights: {run.weights})")
+    run.model = load_model(run.model_name, run.weights, device=run.device, **run.model_args)
+    if run.weights == "random":
+        say("note: random weights: outputs are meaningless for accuracy; agreement figures only show the pipeline works")
+
+
+def tokenizer(run: Run) -> None:
+    """Load or learn the vocabulary (inter mode)."""
+    from .vwt import learn_vocabulary
+
+    if run.mode != "inter":
+        return
+    if run.vocab is None:
+        space = run.space or "image"
+        say(f"learning a {run.vocab_size}-word {space}-space vocabulary from {len(run.calib_files)} images in {run.calib}")
+        run.vocab = learn_vocabulary(run.model, run.calib, run.vocab_size, space=space, batch_size=run.batch_size,
+                                     seed=run.seed, max_images=run.max_images, progress=run.progress)
+        run.written.append(run.vocab.save(run.out / "vocab.safetensors"))
+    run.vocab.check_compatible(run.model)
+
+
+def compress_model(run: Run) -> None:
+    from .vwt import compress
+
+    run.cmodel = compress(run.model, run.mode, vocab=run.vocab, threshold=run.threshold, keep=run.keep,
+                          space=run.space, prop_attn=run.prop_attn)
+
+
+def check_torch(run: Run) -> None:
+    """Tokens kept and agreement with the uncompressed model, on the torch path."""
+    from tqdm.auto import tqdm
+
+    from .check.accuracy import compare
+    from .models import transform
+
+    if run.skip_checks:
+        return
+    with tqdm(total=len(run.check_files), desc="checking (torch)", unit="img", disable=not run.progress) as bar:
+        agreement = compare(run.model, run.cmodel, run.check_files, transform(run.model), run.batch_size,
+                            run.device, progress=bar.update)
+    run.summary["torch_check"] = {"images_from": str(run.val or run.calib), **agreement.as_dict()}
+    a = agreement
+    click.echo(
+        f"tokens per image: mean {a.tokens_mean:.1f} of {a.tokens_in} ({a.tokens_mean / a.tokens_in:.0%}), "
+        f"min {a.tokens_min}, max {a.tokens_max}"
+    )
+    click.echo(
+        f"agreement with the uncompressed model on {a.images} images: top-1 {a.top1_agreement:.1%}, "
+        f"top-5 overlap {a.top5_overlap:.1%}, max |logit diff| {a.max_abs_logit_diff:.3g}"
+    )
+
+
+def write_summary(run: Run) -> None:
+    import timm
+    import torch
+
+    from . import __version__
+    from .atomic import write_text
+
+    run.summary.update(
+        model=run.model_name, timm_name=run.model.default_cfg.get("architecture"), weights=run.weights,
+        weights_meaningful=run.weights != "random", mode=run.mode,
+        settings=_settings(run),
+        versions={"vwt_export": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                  "python": platform.python_version()},
+    )
+    path = run.out / "summary.json"
+    write_text(path, json.dumps(run.summary, indent=2) + "\n")
+    run.written.append(path)
+
+
+def _settings(run: Run) -> dict[str, Any]:
+    settings: dict[str, Any] = {"model_args": run.model_args, "prop_attn": run.prop_attn}
+    if run.mode == "intra":
+        settings.update(keep=run.keep, space=run.cmodel.space)
+    if run.mode == "inter":
+        settings.update(threshold=run.threshold, space=run.cmodel.space, vocab_size=run.vocab.size,
+                        vocab=str(run.vocab_path or run.out / "vocab.safetensors"))
+    return settings
+
+
+STAGES = (validate_inputs, load, tokenizer, compress_model, check_torch, write_summary)
+
+
+def run_pipeline(run: Run) -> None:
+    for stage in STAGES:
+        stage(run)
+    for path in run.written:
+        say(f"wrote {path}")
+
+
+# -- command line ---------------------------------------------------------------------------------------------
+
+
+def _parse_keep(value: str) -> int | float:
+    try:
+        return float(value) if any(c in value for c in ".eE") else int(value)
+    except ValueError:
+        raise VWTError(f"--keep {value}: give a fraction like 0.75 or a patch count like 147") from None
+
+
+def _parse_model_args(items: tuple[str, ...]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise VWTError(f"--model-arg {item}: expected KEY=VALUE, e.g. img_size=384")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.argument("model")
+@click.option("--mode", type=click.Choice(MODES), default="inter", show_default=True,
+              help="inter: merge patches matching the same visual word; intra: keep the highest-variance patches")
+@click.option("--weights", default=None, help="pretrained (timm hub/cache), random, or a checkpoint path "
+              "(.pth/.pt/.safetensors)  [default: pretrained; random with --demo]")
+@click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
+              help="extra timm.create_model argument, repeatable (e.g. img_size=384, num_classes=10)")
+@click.option("--calib", type=click.Path(path_type=Path), help="folder of calibration images; learns the vocabulary")
+@click.option("--val", type=click.Path(path_type=Path), help="folder of images for the checks  [default: --calib]")
+@click.option("--vocab", "vocab_path", type=click.Path(path_type=Path),
+              help="vocabulary to use instead of learning one (.safetensors, or a reference vocab.pt)")
+@click.option("--vocab-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--threshold", type=click.FloatRange(0.0, 2.0), default=0.1, show_default=True,
+              help="inter: largest cosine distance at which a patch matches a word")
+@click.option("--keep", default="0.75", show_default=True, help="intra: fraction of patches (0.75) or a count (147)")
+@click.option("--space", type=click.Choice(["image", "embed"]), default=None,
+              help="feature space patches are compared in  [default: the vocabulary's, else image]")
+@click.option("--prop-attn", is_flag=True, help="proportional attention: weight merged tokens by their size")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="output folder  [default: vwt-out/MODEL-MODE]")
+@click.option("--skip-checks", is_flag=True, help="do not compare against the uncompressed model")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--max-images", type=click.IntRange(min=1), default=None, help="use at most N images of each folder")
+@click.option("--seed", type=int, default=0, show_default=True, help="k-means seed")
+@click.option("--device", default="cpu", show_default=True, help="torch device for the torch path (cpu, cuda)")
+@click.option("--demo", is_flag=True, help="offline demo: random weights and built-in synthetic images")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--debug", is_flag=True, help="show tracebacks")
+@click.version_option(package_name="vwt-export")
+def command(model, mode, weights, model_args, calib, val, vocab_path, vocab_size, threshold, keep, space, prop_attn,
+         out, skip_checks, batch_size, max_images, seed, device, demo, quiet, debug):
+    """Compress the timm ViT MODEL (an alias such as deit_s, or a timm name) with the Visual Word Tokenizer.
+
+    \b
+    Examples:
+      vwt-export deit_s --mode inter --calib images/ --val val/
+      vwt-export deit_s --mode intra --keep 0.5 --val val/
+      vwt-export deit_s --demo
+    """
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="warning: %(message)s")
+    try:
+        out = out or Path("vwt-out") / f"{model}-{mode}"
+        if demo:
+            from .demo import write_demo_images
+
+            weights = weights or "random"
+            if calib is None and not (mode == "inter" and vocab_path):
+                calib = write_demo_images(out / "demo-images")
+                say(f"demo: {len(list(calib.glob('*.png')))} synthetic images in {calib}")
+        run = Run(
+            model_name=model, mode=mode, weights=weights or "pretrained", model_args=_parse_model_args(model_args),
+            calib=calib, val=val, vocab_path=vocab_path, vocab_size=vocab_size, threshold=threshold,
+            keep=_parse_keep(keep), space=space, prop_attn=prop_attn, out=out, skip_checks=skip_checks,
+            batch_size=batch_size, max_images=max_images, seed=seed, device=device, progress=not quiet,
+        )
+        run_pipeline(run)
+    except VWTError as e:
+        if debug:
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug, not bad input: say so plainly
+        if debug:
+            raise
+        click.echo(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: usage errors, like input errors, are one line and exit 2."""
+    try:
+        code = command.main(args=argv, prog_name="vwt-export", standalone_mode=False)
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()} (see vwt-export --help)", err=True)
+        sys.exit(e.exit_code)
+    except click.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code or 0)

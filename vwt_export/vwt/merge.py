@@ -1,0 +1,65 @@
+"""`vwt::TokenMerge` (the executable spec) and the uses of the `sizes` tensor.
+
+Every output token carries `size` = how many patches it stands for: 1 for prefix tokens, the group size for a
+merged token, 0 for padding. From it come the attention bias (key mask, optional proportional attention) and
+size-weighted pooling.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Added to the attention logits of padding keys. Finite so that no -inf arithmetic ever produces NaN, and
+# small enough in magnitude to stay representable in float16 after adding real logits; exp(-1e4) is exactly
+# 0 in float32 and float16, so padding carries no weight at all.
+PAD_BIAS = -1.0e4
+
+
+def token_merge(tokens: torch.Tensor, labels: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens[B, P+N, D], labels int64[B, N] (dense per image) -> merged[B, P+M, D], sizes float32[B, P+M].
+
+    merged[b, P+m] is the mean of the tokens labelled m; prefix tokens pass through first. M = max over the
+    batch of the number of groups; shorter images are padded with zero tokens of size 0.
+    """
+    b, _, d = tokens.shape
+    prefix, patches = tokens[:, :num_prefix], tokens[:, num_prefix:]
+    m = int(labels.max()) + 1 if labels.numel() else 0
+    index = labels.unsqueeze(-1).expand(-1, -1, d)
+    sums = patches.new_zeros(b, m, d, dtype=torch.float32).scatter_add_(1, index, patches.float())
+    counts = torch.zeros(b, m, dtype=torch.float32, device=tokens.device).scatter_add_(
+        1, labels, torch.ones_like(labels, dtype=torch.float32)
+    )
+    means = (sums / counts.clamp(min=1.0).unsqueeze(-1)).to(tokens.dtype)
+    sizes = torch.cat([counts.new_ones(b, num_prefix), counts], dim=1)
+    return torch.cat([prefix, means], dim=1), sizes
+
+
+def attention_bias(sizes: torch.Tensor, prop_attn: bool = False, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """sizes[B, T] -> additive attention bias [B, 1, 1, T] over keys.
+
+    0 for real tokens (or log(size) with proportional attention, as in ToMe), PAD_BIAS for padding.
+    """
+    real = sizes > 0
+    bias = sizes.clamp(min=1.0).log() if prop_attn else torch.zeros_like(sizes)
+    bias = torch.where(real, bias, torch.full_like(sizes, PAD_BIAS))
+    return bias.to(dtype)[:, None, None, :]
+
+
+def pool_tokens(tokens: torch.Tensor, sizes: torch.Tensor, pool_type: str, num_prefix: int,
+                include_prefix: bool = False) -> torch.Tensor:
+    """timm's global pooling over a merged sequence: averages are size-weighted over real tokens (so they
+    approximate the uncompressed average), maxima ignore padding."""
+    if pool_type == "token":
+        return tokens[:, 0]
+    if not include_prefix:
+        tokens, sizes = tokens[:, num_prefix:], sizes[:, num_prefix:]
+    w = sizes.to(tokens.dtype).unsqueeze(-1)
+    avg = (tokens * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+    if pool_type == "avg":
+        return avg
+    mx = tokens.masked_fill(w == 0, torch.finfo(tokens.dtype).min).amax(dim=1)
+    if pool_type == "max":
+        return mx
+    if pool_type == "avgmax":
+        return 0.5 * (avg + mx)
+    raise ValueError(f"unknown pool type {pool_type!r}")

@@ -1,0 +1,127 @@
+"""A timm ViT with its token sequence compressed by the Visual Word Tokenizer.
+
+`compress(model, ...)` wraps (does not modify) a timm VisionTransformer. The wrapper runs the model's own
+modules in the model's own order, and only changes the sequence between the positional embedding and the
+first block:
+
+    patch_embed -> _pos_embed -> patch_drop -> norm_pre -> [VWT: select or merge] -> blocks(attn bias) -> norm
+    -> head (size-weighted pooling for averaging heads)
+
+Outputs have the same shape and meaning as `model(x)` for any batch size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .. import models as _models
+from ..errors import VWTError
+from .features import SPACES, flatten_patch_tokens, image_patches, check_image_size
+from .inter import normalized_words, word_labels
+from .intra import keep_indices, resolve_keep, select_tokens
+from .merge import attention_bias, pool_tokens, token_merge
+from .vocab import Vocabulary
+
+MODES = ("none", "intra", "inter")
+
+
+class CompressedViT(nn.Module):
+    """The compressed model. After each call, `last_token_counts` holds the real tokens per image (prefix
+    tokens included; padding excluded) and `tokens_in` the uncompressed length P+N."""
+
+    def __init__(self, model: nn.Module, mode: str, *, vocab: Vocabulary | None = None, threshold: float = 0.1,
+                 keep: int | float = 0.75, space: str | None = None, prop_attn: bool = False):
+        super().__init__()
+        if mode not in MODES:
+            raise VWTError(f"unknown mode '{mode}' (use one of {', '.join(MODES)})")
+        self.model = model
+        self.mode = mode
+        self.patch_size = _models.patch_size(model)
+        self.num_prefix = model.num_prefix_tokens
+        self.num_patches = model.patch_embed.num_patches
+        self.prop_attn = prop_attn
+        self.threshold = float(threshold)
+        self.keep = keep
+        self.space = space or (vocab.space if vocab is not None else "image")
+        if self.space not in SPACES:
+            raise VWTError(f"unknown feature space '{self.space}' (use one of {', '.join(SPACES)})")
+        if mode == "intra":
+            resolve_keep(keep, self.num_patches)  # fail early on a bad value
+        if mode == "inter":
+            if vocab is None:
+                raise VWTError("inter mode needs a vocabulary (learn one with learn_vocabulary or pass --vocab FILE)")
+            if vocab.space != self.space:
+                raise VWTError(f"vocabulary is in {vocab.space} space but space='{self.space}' was asked for")
+            if not 0.0 <= self.threshold <= 2.0:
+                raise VWTError(f"threshold={threshold} is out of range: cosine distance lies in [0, 2]")
+            vocab.check_compatible(model)
+            self.register_buffer("unit_words", normalized_words(vocab.words), persistent=False)
+        self.vocab = vocab
+        self.tokens_in = self.num_prefix + self.num_patches
+        self.last_token_counts: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, space={self.space}, threshold={self.threshold}, keep={self.keep}, prop_attn={self.prop_attn}"
+
+    @torch.no_grad()
+    def tokenize(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """pixels[B, C, H, W] -> (tokens[B, T, D], sizes[B, T] or None when every token has size 1)."""
+        m = self.model
+        check_image_size(pixels.shape[-2], pixels.shape[-1], self.patch_size)
+        patch_tokens = m.patch_embed(pixels)
+        x = m.norm_pre(m.patch_drop(m._pos_embed(patch_tokens)))
+        if self.mode == "none":
+            return x, None
+        if self.space == "image":
+            features = image_patches(pixels, self.patch_size)
+        else:
+            features = flatten_patch_tokens(patch_tokens)
+        if self.mode == "intra":
+            k = resolve_keep(self.keep, features.shape[1])
+            return select_tokens(x, keep_indices(features, k), self.num_prefix), None
+        labels = word_labels(features, self.unit_words, self.threshold)
+        return token_merge(x, labels, self.num_prefix)
+
+    @torch.no_grad()
+    def forward_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, sizes = self.tokenize(pixels)
+        b, t = x.shape[:2]
+        self.last_token_counts = (
+            torch.full((b,), t, dtype=torch.long) if sizes is None else (sizes > 0).sum(1).cpu()
+        )
+        bias = None
+        if sizes is not None and (self.prop_attn or bool((sizes == 0).any())):
+            bias = attention_bias(sizes, self.prop_attn, x.dtype)
+        for blk in self.model.blocks:
+            x = blk(x, attn_mask=bias) if bias is not None else blk(x)
+        return self.model.norm(x), sizes
+
+    @torch.no_grad()
+    def forward_head(self, x: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
+        m = self.model
+        if sizes is None or (m.attn_pool is None and m.global_pool in ("token", "")):
+            return m.forward_head(x)  # prefix tokens are untouched, so the model's own head is exact
+        if m.attn_pool is not None:
+            if not m.pool_include_prefix:
+                x, sizes = x[:, self.num_prefix:], sizes[:, self.num_prefix:]
+            pooled = m.attn_pool(x, attn_mask=attention_bias(sizes, self.prop_attn, x.dtype))
+        else:
+            pooled = pool_tokens(x, sizes, m.global_pool, self.num_prefix, m.pool_include_prefix)
+        return m.head(m.head_drop(m.fc_norm(pooled)))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x, sizes = self.forward_features(pixels)
+        return self.forward_head(x, sizes)
+
+
+def compress(model: nn.Module, mode: str = "inter", *, vocab: Vocabulary | None = None, threshold: float = 0.1,
+             keep: int | float = 0.75, space: str | None = None, prop_attn: bool = False) -> CompressedViT:
+    """Wrap a timm ViT (from `load_model`) with VWT token compression.
+
+    mode="inter": merge patches matching the same word of `vocab` (cosine distance <= threshold).
+    mode="intra": keep the `keep` highest-variance patches (a count, or a fraction of N).
+    mode="none":  the uncompressed model behind the same interface.
+    """
+    return CompressedViT(model, mode, vocab=vocab, threshold=threshold, keep=keep, space=space,
+                         prop_attn=prop_attn).eval()

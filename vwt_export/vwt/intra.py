@@ -28,9 +28,10 @@ def variance_scores(features: torch.Tensor) -> torch.Tensor:
 
 
 def keep_indices(features: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices [B, K] of the K highest-variance patches, in raster order."""
-    _, idx = variance_scores(features).topk(k, dim=-1, largest=True, sorted=False)
-    return idx.sort(dim=-1).values
+    """Indices [B, K] of the K highest-variance patches, in raster order. Ties (flat patches often have
+    exactly zero variance) go to the lower index, as ONNX TopK specifies, so every backend keeps the same."""
+    order = variance_scores(features).sort(dim=-1, descending=True, stable=True).indices
+    return order[:, :k].sort(dim=-1).values
 
 
 def select_tokens(tokens: torch.Tensor, indices: torch.Tensor, num_prefix: int) -> torch.Tensor:

@@ -1,0 +1,124 @@
+"""timm ViT -> model.onnx, the FP32 baseline that every other artefact is derived from.
+
+The model is exported in two halves and joined: the *embedding* (pixels -> tokens: patch embedding, positional
+embedding, norm_pre) with a dynamic batch, and the *trunk* (tokens -> logits: blocks, norm, head) with a
+dynamic batch **and a dynamic sequence length**. A plain export bakes the sequence length (197 for DeiT-S)
+into every Reshape of every attention block, which would make any token reduction impossible; exporting the
+trunk over a symbolic length keeps those shapes computed at run time. The joined graph is an ordinary
+single-input, single-output model and is checked against torch before it is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+
+from ..atomic import atomic_path
+from ..errors import VWTError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+INPUT_NAME, OUTPUT_NAME, TOKENS_NAME = "pixels", "logits", "tokens"
+
+
+class _Embedding(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixels))))
+
+
+class _Trunk(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        return m.forward_head(m.norm(m.blocks(tokens)))
+
+
+def _export(module: nn.Module, example: torch.Tensor, in_name: str, out_name: str, seq_dynamic: bool,
+            opset: int, exporter: str) -> onnx.ModelProto:
+    module = module.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation chatter; correctness is checked below
+        if exporter == "dynamo":
+            from torch.export import Dim
+
+            dims = {0: Dim("batch", min=1, max=4096)}
+            if seq_dynamic:
+                dims[1] = Dim("seq", min=2, max=16384)
+            program = torch.onnx.export(module, (example,), dynamo=True, opset_version=opset, input_names=[in_name],
+                                        output_names=[out_name], dynamic_shapes=(dims,), verbose=False)
+            return program.model_proto
+        if exporter == "torchscript":
+            import io
+
+            axes = {in_name: {0: "batch", **({1: "seq"} if seq_dynamic else {})}, out_name: {0: "batch"}}
+            buf = io.BytesIO()
+            torch.onnx.export(module, (example,), buf, dynamo=False, opset_version=opset, input_names=[in_name],
+                              output_names=[out_name], dynamic_axes=axes)
+            return onnx.load_from_string(buf.getvalue())
+    raise VWTError(f"unknown exporter '{exporter}' (use dynamo or torchscript)")
+
+
+def export_model(model: nn.Module, opset: int = DEFAULT_OPSET, exporter: str = "dynamo") -> onnx.ModelProto:
+    """Export `model` (eval mode, from load_model) to an in-memory ONNX model: pixels[B,C,H,W] -> logits."""
+    c = model.patch_embed.proj.in_channels
+    h, w = model.patch_embed.img_size
+    device = next(model.parameters()).device
+    pixels = torch.randn(2, c, h, w, device=device)
+    with torch.no_grad():
+        tokens = _Embedding(model)(pixels)
+    embed = _export(_Embedding(model), pixels, INPUT_NAME, TOKENS_NAME, False, opset, exporter)
+    trunk = _export(_Trunk(model), tokens, TOKENS_NAME, OUTPUT_NAME, True, opset, exporter)
+    embed = onnx.compose.add_prefix(embed, prefix="embed/", rename_inputs=False, rename_outputs=False)
+    trunk.ir_version = embed.ir_version = min(embed.ir_version, trunk.ir_version)
+    tokens_info = onnx.helper.make_tensor_value_info(TOKENS_NAME, onnx.TensorProto.FLOAT, ["batch", *tokens.shape[1:]])
+    merged = onnx.compose.merge_models(embed, trunk, io_map=[(TOKENS_NAME, TOKENS_NAME)])
+    # the joint tensor keeps the embedding's static [batch, T, D] shape, which surgery reads
+    kept = [vi for vi in merged.graph.value_info if vi.name != TOKENS_NAME]
+    del merged.graph.value_info[:]
+    merged.graph.value_info.extend(kept + [tokens_info])
+    merged.producer_name, merged.producer_version = "vwt-export", _version()
+    onnx.checker.check_model(merged)
+    return merged
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
+    """Write an ONNX model atomically (never a half-written file that looks valid)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+    return path
+
+
+def verify_against_torch(reference, onnx_run, pixels: torch.Tensor, rtol: float = 1e-4, what: str = "export") -> float:
+    """Largest difference relative to the output scale between torch and an ONNX callable; raise if over rtol."""
+    with torch.no_grad():
+        expected = reference(pixels).float().cpu().numpy()
+    actual = onnx_run(pixels.cpu().numpy())
+    if actual.shape != expected.shape:
+        raise VWTError(f"{what}: output shape {actual.shape} differs from torch {expected.shape}")
+    err = float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-6))
+    if not err <= rtol:
+        raise VWTError(f"{what}: ONNX output differs from torch by {err:.2e} (relative), over the {rtol:.0e} tolerance")
+    return err

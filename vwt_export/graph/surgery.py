@@ -1,0 +1,318 @@
+"""Graph surgery (onnx-graphsurgeon): turn the baseline model.onnx into the VWT model.
+
+The passes find what they need by structure, not by name, so they survive exporter versions and renaming:
+
+  patch conv       the Conv on the graph input whose kernel equals its stride;
+  token sequence   walking forward from that Conv, the first tensor read by both a LayerNormalization (the
+                   first block's norm1) and an Add (its residual): the sequence after the positional
+                   embedding and norm_pre, just before the first block;
+  attention        every Softmax after the token sequence;
+  pooling          a ReduceMean / ReduceMax over axis 1 of a rank-3 tensor after the last block.
+
+Each pass is a function registered on gs.Graph and ends in cleanup().toposort(), as in onnx-graphsurgeon's
+examples. `apply_vwt` chains them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import VWTError
+from ..vwt.merge import PAD_BIAS
+from . import ops
+
+
+@dataclass
+class TokenSite:
+    """Where the token sequence is, and its geometry."""
+
+    pixels: gs.Variable
+    conv: gs.Node
+    tokens: gs.Variable
+    patch_size: int
+    channels: int
+    grid: tuple[int, int]
+    num_prefix: int
+    embed_dim: int
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+def _const_ints(tensor) -> list[int] | None:
+    if isinstance(tensor, gs.Constant):
+        return [int(v) for v in np.asarray(tensor.values).reshape(-1)]
+    if tensor.inputs and tensor.inputs[0].op == "Constant":
+        return [int(v) for v in np.asarray(tensor.inputs[0].attrs["value"].values).reshape(-1)]
+    return None
+
+
+@gs.Graph.register()
+def vwt_find_tokens(self: gs.Graph) -> TokenSite:
+    if len(self.inputs) != 1 or len(self.inputs[0].shape or []) != 4:
+        raise VWTError("graph surgery expects one pixel input [B, C, H, W]; is this a timm ViT export?")
+    pixels = self.inputs[0]
+    convs = [n for n in pixels.outputs if n.op == "Conv"
+             and n.attrs.get("kernel_shape") == n.attrs.get("strides") and len(n.attrs.get("kernel_shape", [])) == 2]
+    if len(convs) != 1:
+        raise VWTError("no patch-embedding convolution (kernel == stride) reads the pixel input; not a ViT graph")
+    conv = convs[0]
+    p = conv.attrs["kernel_shape"]
+    if p[0] != p[1]:
+        raise VWTError(f"non-square patches {p} are not supported")
+    c, h, w = pixels.shape[1:]
+    if not all(isinstance(v, int) for v in (c, h, w)):
+        raise VWTError("the pixel input needs static channels, height and width for graph surgery")
+    grid = (h // p[0], w // p[1])
+    frontier, seen = [conv.outputs[0]], set()
+    while frontier:
+        t = frontier.pop(0)
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        readers = {n.op for n in t.outputs}
+        if "LayerNormalization" in readers and "Add" in readers:
+            shape = t.shape or []
+            if len(shape) != 3 or not isinstance(shape[1], int) or not isinstance(shape[2], int):
+                raise VWTError(f"the token sequence {t.name} needs a static [B, T, D] shape, found {shape}")
+            num_prefix = shape[1] - grid[0] * grid[1]
+            if num_prefix < 0:
+                raise VWTError(f"token sequence {t.name} is shorter ({shape[1]}) than the patch grid {grid}")
+            return TokenSite(pixels, conv, t, p[0], c, grid, num_prefix, shape[2])
+        for n in t.outputs:
+            frontier.extend(n.outputs)
+    raise VWTError("could not find the token sequence (a tensor read by a block's LayerNormalization and residual "
+                   "Add after the patch embedding); export with vwt_export.graph.export (opset >= 17)")
+
+
+def _downstream(tensor: gs.Variable) -> list[gs.Node]:
+    out, seen, frontier = [], set(), [tensor]
+    while frontier:
+        for node in frontier.pop().outputs:
+            if id(node) not in seen:
+                seen.add(id(node))
+                out.append(node)
+                frontier.extend(node.outputs)
+    return out
+
+
+@gs.Graph.register()
+def vwt_check_dynamic_sequence(self: gs.Graph, site: TokenSite) -> None:
+    """Refuse graphs whose blocks hard-code the sequence length: reducing tokens would break their Reshapes."""
+    t = site.tokens.shape[1]
+    for node in _downstream(site.tokens):
+        if node.op == "Reshape" and t in (_const_ints(node.inputs[1]) or []):
+            raise VWTError(f"the graph hard-codes the sequence length {t} ({node.name}); export it with "
+                           "vwt_export.graph.export, which keeps the sequence length dynamic")
+
+
+def _patch_features(graph: gs.Graph, site: TokenSite, space: str) -> gs.Variable:
+    """[B, N, F] features from standard ops: pixels (image space) or the patch-embedding conv (embed space)."""
+    gh, gw = site.grid
+    p, c = site.patch_size, site.channels
+    feats = gs.Variable("vwt/features", dtype=np.float32, shape=[site.pixels.shape[0], site.num_patches, None])
+    if space == "image":
+        six = gs.Variable("vwt/patch_grid", dtype=np.float32)
+        perm = gs.Variable("vwt/patch_grid_t", dtype=np.float32)
+        graph.nodes += [
+            gs.Node("Reshape", "vwt/patches_reshape", inputs=[site.pixels, gs.Constant("vwt/grid_shape", np.array([-1, c, gh, p, gw, p], np.int64))], outputs=[six]),
+            gs.Node("Transpose", "vwt/patches_transpose", attrs={"perm": [0, 2, 4, 1, 3, 5]}, inputs=[six], outputs=[perm]),
+            gs.Node("Reshape", "vwt/patches_flatten", inputs=[perm, gs.Constant("vwt/features_shape", np.array([-1, gh * gw, c * p * p], np.int64))], outputs=[feats]),
+        ]
+    elif space == "embed":
+        flat = gs.Variable("vwt/embed_flat", dtype=np.float32)
+        graph.nodes += [
+            gs.Node("Reshape", "vwt/embed_reshape", inputs=[site.conv.outputs[0], gs.Constant("vwt/embed_shape", np.array([0, site.embed_dim, -1], np.int64))], outputs=[flat]),
+            gs.Node("Transpose", "vwt/embed_transpose", attrs={"perm": [0, 2, 1]}, inputs=[flat], outputs=[feats]),
+        ]
+    else:
+        raise VWTError(f"unknown feature space '{space}'")
+    return feats
+
+
+def _merged_of(sizes: gs.Variable) -> gs.Variable:
+    """The merged token sequence produced beside `sizes` by TokenMerge."""
+    return sizes.inputs[0].outputs[0]
+
+
+def _replace_uses(old: gs.Variable, new: gs.Variable, except_nodes: tuple[gs.Node, ...]) -> None:
+    for node in list(old.outputs):
+        if node in except_nodes:
+            continue
+        for i, inp in enumerate(node.inputs):
+            if inp is old:
+                node.inputs[i] = new
+
+
+@gs.Graph.register()
+def vwt_insert_inter(self: gs.Graph, site: TokenSite, vocab: np.ndarray, threshold: float, space: str = "image") -> gs.Variable:
+    """tokens -> WordLabels + TokenMerge -> merged tokens. Returns the `sizes` tensor."""
+    feats = _patch_features(self, site, space)
+    labels = gs.Variable("vwt/labels", dtype=np.int64, shape=[site.pixels.shape[0], site.num_patches])
+    merged = gs.Variable("vwt/merged", dtype=site.tokens.dtype, shape=[site.pixels.shape[0], "vwt_tokens", site.embed_dim])
+    sizes = gs.Variable("vwt/sizes", dtype=np.float32, shape=[site.pixels.shape[0], "vwt_tokens"])
+    words = gs.Constant("vwt/vocab", np.ascontiguousarray(vocab, dtype=np.float32))
+    wl = gs.Node(ops.WORD_LABELS, "vwt/word_labels", domain=ops.DOMAIN, attrs={"threshold": float(threshold)},
+                 inputs=[feats, words], outputs=[labels])
+    tm = gs.Node(ops.TOKEN_MERGE, "vwt/token_merge", domain=ops.DOMAIN, attrs={"num_prefix": int(site.num_prefix)},
+                 inputs=[site.tokens, labels], outputs=[merged, sizes])
+    _replace_uses(site.tokens, merged, except_nodes=(tm,))
+    self.nodes += [wl, tm]
+    self.cleanup().toposort()
+    return sizes
+
+
+@gs.Graph.register()
+def vwt_insert_intra(self: gs.Graph, site: TokenSite, keep: int, space: str = "image") -> None:
+    """tokens -> keep the `keep` highest-variance patches (TopK; raster order restored by a second TopK)."""
+    feats = _patch_features(self, site, space)
+    V = lambda name, dtype=np.float32: gs.Variable(f"vwt/{name}", dtype=dtype)  # noqa: E731
+    C = lambda name, value, dtype=np.int64: gs.Constant(f"vwt/{name}", np.array(value, dtype))  # noqa: E731
+    mean, centred, sq, ssum, var = V("f_mean"), V("f_centred"), V("f_sq"), V("f_ssum"), V("scores")
+    top_v, top_i, top_f, raster_v, raster_i = V("top_v"), V("top_i", np.int64), V("top_f"), V("raster_v"), V("raster_i", np.int64)
+    idx, idx3, idx_x, prefix, patches, kept = (V("keep_idx", np.int64), V("keep_idx3", np.int64), V("keep_idx_x", np.int64),
+                                               V("prefix"), V("patches"), V("kept"))
+    selected = gs.Variable("vwt/selected", dtype=site.tokens.dtype, shape=[site.pixels.shape[0], site.num_prefix + keep, site.embed_dim])
+    k = C("k", [keep])
+    self.nodes += [
+        gs.Node("ReduceMean", inputs=[feats, C("last", [-1])], outputs=[mean], attrs={"keepdims": 1}),
+        gs.Node("Sub", inputs=[feats, mean], outputs=[centred]),
+        gs.Node("Mul", inputs=[centred, centred], outputs=[sq]),
+        gs.Node("ReduceSum", inputs=[sq, C("last2", [-1])], outputs=[ssum], attrs={"keepdims": 0}),
+        gs.Node("Div", inputs=[ssum, C("f_minus_1", float(site.channels * site.patch_size ** 2 if space == "image" else site.embed_dim) - 1, np.float32)], outputs=[var]),
+        gs.Node("TopK", inputs=[var, k], outputs=[top_v, top_i], attrs={"axis": 1, "largest": 1, "sorted": 1}),
+        gs.Node("Cast", inputs=[top_i], outputs=[top_f], attrs={"to": onnx.TensorProto.FLOAT}),
+        gs.Node("TopK", inputs=[top_f, k], outputs=[raster_v, raster_i], attrs={"axis": 1, "largest": 0, "sorted": 1}),
+        gs.Node("Cast", inputs=[raster_v], outputs=[idx], attrs={"to": onnx.TensorProto.INT64}),
+        gs.Node("Unsqueeze", inputs=[idx, C("ax_last", [-1])], outputs=[idx3]),
+        gs.Node("Expand", inputs=[idx3, C("expand_shape", [1, 1, site.embed_dim])], outputs=[idx_x]),
+        gs.Node("Slice", inputs=[site.tokens, C("zero", [0]), C("p", [site.num_prefix]), C("ax1", [1])], outputs=[prefix]),
+        gs.Node("Slice", inputs=[site.tokens, C("p2", [site.num_prefix]), C("end", [np.iinfo(np.int64).max]), C("ax1b", [1])], outputs=[patches]),
+        gs.Node("GatherElements", inputs=[patches, idx_x], outputs=[kept], attrs={"axis": 1}),
+        gs.Node("Concat", inputs=[prefix, kept], outputs=[selected], attrs={"axis": 1}),
+    ]
+    ours = tuple(n for n in site.tokens.outputs if n.outputs and n.outputs[0] in (prefix, patches))
+    _replace_uses(site.tokens, selected, except_nodes=ours)
+    self.cleanup().toposort()
+
+
+@gs.Graph.register()
+def vwt_attention_bias(self: gs.Graph, site: TokenSite, sizes: gs.Variable, prop_attn: bool = False) -> int:
+    """Add the sizes-derived bias [B, 1, 1, T] to the logits of every attention Softmax. Returns how many."""
+    V = lambda name, dtype=np.float32: gs.Variable(f"vwt/{name}", dtype=dtype)  # noqa: E731
+    real, base, bias, bias4 = V("real", np.bool_), V("bias_base"), V("bias"), V("attn_bias")
+    nodes = [gs.Node("Greater", inputs=[sizes, gs.Constant("vwt/zero_f", np.array(0.0, np.float32))], outputs=[real])]
+    if prop_attn:
+        clamped = V("sizes_clamped")
+        nodes += [gs.Node("Max", inputs=[sizes, gs.Constant("vwt/one_f", np.array(1.0, np.float32))], outputs=[clamped]),
+                  gs.Node("Log", inputs=[clamped], outputs=[base])]
+    else:
+        nodes += [gs.Node("Mul", inputs=[sizes, gs.Constant("vwt/zero_f2", np.array(0.0, np.float32))], outputs=[base])]
+    nodes += [
+        gs.Node("Where", inputs=[real, base, gs.Constant("vwt/pad_bias", np.array(PAD_BIAS, np.float32))], outputs=[bias]),
+        gs.Node("Unsqueeze", inputs=[bias, gs.Constant("vwt/ax12", np.array([1, 2], np.int64))], outputs=[bias4]),
+    ]
+    softmaxes = [n for n in _downstream(_merged_of(sizes)) if n.op == "Softmax"]
+    if not softmaxes:
+        raise VWTError("no attention Softmax found after the token sequence; cannot mask padding")
+    for i, sm in enumerate(softmaxes):
+        biased = gs.Variable(f"vwt/biased_logits_{i}", dtype=sm.inputs[0].dtype)
+        cast = gs.Variable(f"vwt/attn_bias_{i}", dtype=sm.inputs[0].dtype)
+        nodes += [gs.Node("CastLike", inputs=[bias4, sm.inputs[0]], outputs=[cast]),
+                  gs.Node("Add", inputs=[sm.inputs[0], cast], outputs=[biased])]
+        sm.inputs[0] = biased
+    self.nodes += nodes
+    self.cleanup().toposort()
+    return len(softmaxes)
+
+
+@gs.Graph.register()
+def vwt_weighted_pooling(self: gs.Graph, site: TokenSite, sizes: gs.Variable) -> int:
+    """Average pooling becomes the size-weighted mean over real tokens; max pooling ignores padding."""
+    count = 0
+    for node in [n for n in _downstream(_merged_of(sizes)) if n.op in ("ReduceMean", "ReduceMax")]:
+        x = node.inputs[0]
+        axes = _const_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attrs.get("axes")
+        if axes != [1] or len(x.shape or [None] * 3) != 3 or node.attrs.get("keepdims", 1) != 0:
+            continue
+        start = 0
+        src = x.inputs[0] if x.inputs else None
+        if src is not None and src.op == "Slice" and _const_ints(src.inputs[3]) == [1]:
+            start = _const_ints(src.inputs[1])[0]
+        i = count
+        w, w3 = gs.Variable(f"vwt/pool_w_{i}", dtype=np.float32), gs.Variable(f"vwt/pool_w3_{i}", dtype=np.float32)
+        w3x = gs.Variable(f"vwt/pool_w3x_{i}", dtype=x.dtype)
+        new = [
+            gs.Node("Slice", inputs=[sizes, gs.Constant(f"vwt/pool_s{i}", np.array([start], np.int64)),
+                                     gs.Constant(f"vwt/pool_e{i}", np.array([np.iinfo(np.int64).max], np.int64)),
+                                     gs.Constant(f"vwt/pool_a{i}", np.array([1], np.int64))], outputs=[w]),
+            gs.Node("Unsqueeze", inputs=[w, gs.Constant(f"vwt/pool_ax{i}", np.array([-1], np.int64))], outputs=[w3]),
+            gs.Node("CastLike", inputs=[w3, x], outputs=[w3x]),
+        ]
+        out = node.outputs[0]
+        node.outputs.clear()
+        if node.op == "ReduceMean":
+            xw, num, den, den_c = (gs.Variable(f"vwt/pool_{n}_{i}", dtype=x.dtype) for n in ("xw", "num", "den", "den_c"))
+            new += [
+                gs.Node("Mul", inputs=[x, w3x], outputs=[xw]),
+                gs.Node("ReduceSum", inputs=[xw, gs.Constant(f"vwt/pool_r{i}", np.array([1], np.int64))], outputs=[num], attrs={"keepdims": 0}),
+                gs.Node("ReduceSum", inputs=[w3x, gs.Constant(f"vwt/pool_r2{i}", np.array([1], np.int64))], outputs=[den], attrs={"keepdims": 0}),
+                gs.Node("Max", inputs=[den, gs.Constant(f"vwt/pool_one{i}", np.array(1.0, np.float32))], outputs=[den_c]),
+                gs.Node("Div", inputs=[num, den_c], outputs=[out]),
+            ]
+        else:
+            real, masked = gs.Variable(f"vwt/pool_real_{i}", dtype=np.bool_), gs.Variable(f"vwt/pool_masked_{i}", dtype=x.dtype)
+            new += [
+                gs.Node("Greater", inputs=[w3x, gs.Constant(f"vwt/pool_z{i}", np.array(0.0, np.float32))], outputs=[real]),
+                gs.Node("Where", inputs=[real, x, gs.Constant(f"vwt/pool_min{i}", np.array(-3.0e38, np.float32))], outputs=[masked]),
+                gs.Node("ReduceMax", inputs=[masked, gs.Constant(f"vwt/pool_r{i}", np.array([1], np.int64))], outputs=[out], attrs={"keepdims": 0}),
+            ]
+        self.nodes += new
+        count += 1
+    self.cleanup().toposort()
+    return count
+
+
+def apply_vwt(model: onnx.ModelProto, mode: str, *, vocab: np.ndarray | None = None, threshold: float = 0.1,
+              keep: int | None = None, space: str = "image", prop_attn: bool = False,
+              pooling: str | None = None) -> onnx.ModelProto:
+    """The baseline model -> the VWT model with `vwt` custom-op nodes (no function bodies attached).
+
+    `pooling` is the model's global pool ('token', 'avg', 'max', 'avgmax'); when it averages, the pass that
+    weights the pooling by token size must have found the reduction, or the result would be wrong.
+    """
+    graph = gs.import_onnx(model)
+    site = graph.vwt_find_tokens()
+    graph.vwt_check_dynamic_sequence(site)
+    if mode == "inter":
+        if vocab is None:
+            raise VWTError("inter mode needs a vocabulary")
+        sizes = graph.vwt_insert_inter(site, vocab, threshold, space)
+        graph.vwt_attention_bias(site, sizes, prop_attn)
+        pooled = graph.vwt_weighted_pooling(site, sizes)
+        if pooling in ("avg", "max", "avgmax") and pooled == 0:
+            raise VWTError(f"the model pools tokens ('{pooling}') but no token reduction was found in the graph")
+    elif mode == "intra":
+        if keep is None:
+            raise VWTError("intra mode needs keep (a patch count)")
+        graph.vwt_insert_intra(site, keep, space)
+    else:
+        raise VWTError(f"graph surgery has nothing to do for mode '{mode}'")
+    out = gs.export_onnx(graph)
+    out.ir_version = model.ir_version
+    if mode == "inter" and not any(o.domain == ops.DOMAIN for o in out.opset_import):
+        out.opset_import.append(onnx.helper.make_opsetid(ops.DOMAIN, ops.VERSION))
+    out.producer_name, out.producer_version = model.producer_name, model.producer_version
+    return out
+
+
+def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph with the `vwt` ops' standard-op bodies attached as model-local functions."""
+    portable = onnx.ModelProto()
+    portable.CopyFrom(model)
+    return ops.add_portable_functions(portable)

@@ -3,16 +3,25 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch is pinned for reproducible numbers; the wheels come from the machine's package mirror.
-PINS   := torch==2.14.1 torchvision==0.29.1 timm==1.0.31
+PINS   := torch==2.14.1 torchvision==0.29.1 timm==1.0.31 onnx==1.23.2 onnxruntime==1.31.1 onnx-graphsurgeon==0.6.1 onnxscript==0.7.2
+LIB    := vwt_export/lib/libvwt_ort_ops.so
 
 .PHONY: setup demo test clean
 
-setup: $(VENV)/.setup-done
+setup: $(VENV)/.setup-done $(LIB)
 
 $(VENV)/.setup-done: pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PINS) -e '.[test]'
 	@touch $@
+
+# The ONNX Runtime op library (CUDA kernels too where nvcc exists); headers come from ONNXRUNTIME_INCLUDE_DIR or
+# Debian's libonnxruntime-dev (scripts/fetch_ort_headers.py).
+$(LIB): $(wildcard plugins/*.txt plugins/*/*.txt plugins/*/*.h plugins/*/*.cc plugins/*/*.cu) $(VENV)/.setup-done
+	cmake -S plugins -B build/plugins -DPython3_EXECUTABLE=$(abspath $(BIN)/python) > build-plugins.log 2>&1 || (cat build-plugins.log; exit 1)
+	cmake --build build/plugins -j2 >> build-plugins.log 2>&1 || (cat build-plugins.log; exit 1)
+	cmake --install build/plugins --prefix vwt_export >> build-plugins.log 2>&1
+	@grep "vwt:" build-plugins.log
 
 demo: setup
 	$(BIN)/vwt-export deit_s --mode inter --demo --out out/demo
@@ -21,4 +30,4 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf out $(VENV) .pytest_cache
+	rm -rf out build build-plugins.log vwt_export/lib $(VENV) .pytest_cache

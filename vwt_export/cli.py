@@ -41,6 +41,7 @@ class Run:
     prop_attn: bool
     out: Path
     skip_checks: bool
+    skip_export: bool
     batch_size: int
     max_images: int | None
     seed: int
@@ -48,6 +49,7 @@ class Run:
     progress: bool
     # filled in by the stages
     model: Any = None
+    onnx: dict[str, Path] = field(default_factory=dict)
     vocab: Any = None
     cmodel: Any = None
     calib_files: list[Path] = field(default_factory=list)
@@ -118,6 +120,60 @@ def compress_model(run: Run) -> None:
                           space=run.space, prop_attn=run.prop_attn)
 
 
+def export_onnx(run: Run) -> None:
+    """model.onnx (FP32 baseline), model.vwt.onnx (vwt custom ops), model.vwt.portable.onnx (standard ops)."""
+    if run.skip_export:
+        return
+    from .graph.export import export_model, save_model
+    from .graph.surgery import apply_vwt, make_portable
+    from .vwt.intra import resolve_keep
+
+    say("exporting the baseline to ONNX")
+    base = export_model(run.model)
+    run.onnx = {"model": save_model(base, run.out / "model.onnx")}
+    if run.mode != "none":
+        vwt = apply_vwt(base, run.mode, vocab=run.vocab.words.numpy() if run.vocab else None,
+                        threshold=run.threshold, keep=resolve_keep(run.keep, run.cmodel.num_patches),
+                        space=run.cmodel.space, prop_attn=run.prop_attn, pooling=run.model.global_pool)
+        run.onnx["vwt"] = save_model(vwt, run.out / "model.vwt.onnx")
+        run.onnx["vwt_portable"] = save_model(make_portable(vwt), run.out / "model.vwt.portable.onnx")
+    run.written.extend(run.onnx.values())
+    verify_onnx(run)
+
+
+def _verification_pixels(run: Run):
+    import torch
+
+    from .data import iter_image_batches
+    from .models import transform
+
+    if run.check_files:
+        return next(iter_image_batches(run.check_files[:8], transform(run.model), 8))[0]
+    c, (h, w) = run.model.patch_embed.proj.in_channels, run.model.patch_embed.img_size
+    return torch.randn(4, c, h, w, generator=torch.Generator().manual_seed(0))
+
+
+def verify_onnx(run: Run) -> None:
+    """Every written graph against the torch path on the same pixels (batch of up to 8: padding included)."""
+    from .backends.onnxruntime import runner
+    from .graph.export import verify_against_torch
+
+    pixels = _verification_pixels(run).to(run.device)
+    results = {}
+    for key, path in run.onnx.items():
+        reference = run.model if key == "model" else run.cmodel
+        try:
+            err = verify_against_torch(reference, runner(path), pixels, what=path.name)
+            results[key] = {"file": path.name, "max_rel_err": err, "verified": True}
+            say(f"verified {path.name} against torch on {len(pixels)} images: max relative error {err:.1e}")
+        except VWTError as e:
+            if key != "vwt" or "op library" not in str(e):
+                raise
+            results[key] = {"file": path.name, "verified": False, "reason": str(e)}
+            say(f"warning: {path.name} written but not verified: {e}")
+    run.summary["onnx"] = results
+
+
 def check_torch(run: Run) -> None:
     """Tokens kept and agreement with the uncompressed model, on the torch path."""
     from tqdm.auto import tqdm
@@ -171,7 +227,7 @@ def _settings(run: Run) -> dict[str, Any]:
     return settings
 
 
-STAGES = (validate_inputs, load, tokenizer, compress_model, check_torch, write_summary)
+STAGES = (validate_inputs, load, tokenizer, compress_model, export_onnx, check_torch, write_summary)
 
 
 def run_pipeline(run: Run) -> None:
@@ -224,6 +280,7 @@ def _parse_model_args(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--prop-attn", is_flag=True, help="proportional attention: weight merged tokens by their size")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output folder  [default: vwt-out/MODEL-MODE]")
 @click.option("--skip-checks", is_flag=True, help="do not compare against the uncompressed model")
+@click.option("--skip-export", is_flag=True, help="do not write ONNX files (torch path only)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="use at most N images of each folder")
 @click.option("--seed", type=int, default=0, show_default=True, help="k-means seed")
@@ -233,7 +290,7 @@ def _parse_model_args(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--debug", is_flag=True, help="show tracebacks")
 @click.version_option(package_name="vwt-export")
 def command(model, mode, weights, model_args, calib, val, vocab_path, vocab_size, threshold, keep, space, prop_attn,
-         out, skip_checks, batch_size, max_images, seed, device, demo, quiet, debug):
+         out, skip_checks, skip_export, batch_size, max_images, seed, device, demo, quiet, debug):
     """Compress the timm ViT MODEL (an alias such as deit_s, or a timm name) with the Visual Word Tokenizer.
 
     \b
@@ -255,7 +312,7 @@ def command(model, mode, weights, model_args, calib, val, vocab_path, vocab_size
         run = Run(
             model_name=model, mode=mode, weights=weights or "pretrained", model_args=_parse_model_args(model_args),
             calib=calib, val=val, vocab_path=vocab_path, vocab_size=vocab_size, threshold=threshold,
-            keep=_parse_keep(keep), space=space, prop_attn=prop_attn, out=out, skip_checks=skip_checks,
+            keep=_parse_keep(keep), space=space, prop_attn=prop_attn, out=out, skip_checks=skip_checks, skip_export=skip_export,
             batch_size=batch_size, max_images=max_images, seed=seed, device=device, progress=not quiet,
         )
         run_pipeline(run)

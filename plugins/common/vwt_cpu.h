@@ -1,0 +1,169 @@
+// CPU kernels of the vwt ops. Semantics: vwt_export/vwt/inter.py (word_labels) and vwt/merge.py (token_merge)
+// are the executable spec; tests compare this code against them.
+//
+// Header-only and free of any runtime's API, so the ONNX Runtime op (and anything else) can share it. Work is
+// handed to a caller-supplied parallel_for(total, fn(begin, end)).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "vwt_version.h"
+
+namespace vwt {
+
+constexpr float kNormEps = 1e-12f;  // F.normalize's clamp on the norm
+
+// Largest label, after checking every label lies in [0, num_patches).
+inline int64_t checked_max_label(const int64_t* labels, int64_t batch, int64_t num_patches) {
+  int64_t max_label = -1;
+  for (int64_t i = 0; i < batch * num_patches; ++i) {
+    const int64_t l = labels[i];
+    if (l < 0 || l >= num_patches) {
+      throw std::invalid_argument("TokenMerge: label " + std::to_string(l) + " at [" + std::to_string(i / num_patches) +
+                                  ", " + std::to_string(i % num_patches) + "] is outside [0, " +
+                                  std::to_string(num_patches) + ")");
+    }
+    max_label = std::max(max_label, l);
+  }
+  return max_label;
+}
+
+namespace detail {
+
+constexpr int64_t kRows = 8;    // patches per tile
+constexpr int64_t kWords = 64;  // words per tile
+
+// Nearest word (smallest 1 - cos, first index on ties) for up to kRows unit-norm feature rows.
+// unit_words_t is [F, V] so the inner loop runs over contiguous words and vectorises without reassociation.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+__attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+inline void nearest_words(const float* unit_rows, int64_t rows, const float* unit_words_t, int64_t F, int64_t V,
+                          float* best_dist, int64_t* best_word) {
+  float acc[kRows][kWords];
+  for (int64_t r = 0; r < rows; ++r) {
+    best_dist[r] = INFINITY;
+    best_word[r] = 0;
+  }
+  for (int64_t v0 = 0; v0 < V; v0 += kWords) {
+    const int64_t vn = std::min(kWords, V - v0);
+    for (int64_t r = 0; r < rows; ++r) std::fill(acc[r], acc[r] + kWords, 0.0f);
+    for (int64_t k = 0; k < F; ++k) {
+      const float* w = unit_words_t + k * V + v0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float f = unit_rows[r * F + k];
+        float* a = acc[r];
+        for (int64_t v = 0; v < vn; ++v) a[v] += f * w[v];
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t v = 0; v < vn; ++v) {
+        const float d = 1.0f - acc[r][v];
+        if (d < best_dist[r]) {
+          best_dist[r] = d;
+          best_word[r] = v0 + v;
+        }
+      }
+    }
+  }
+}
+
+inline void normalise_row(const float* x, int64_t n, float* out) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float den = std::max(static_cast<float>(std::sqrt(ss)), kNormEps);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] / den;
+}
+
+}  // namespace detail
+
+// labels[B, N] from features[B, N, F] and vocab[V, F]: see vwt::WordLabels in DESIGN.md.
+template <class ParallelFor>
+void word_labels_cpu(const float* features, const float* vocab, int64_t B, int64_t N, int64_t F, int64_t V,
+                     float threshold, int64_t* labels, ParallelFor&& parallel_for) {
+  if (B == 0 || N == 0) return;
+  std::vector<float> unit_words_t(static_cast<size_t>(F * V));
+  {
+    std::vector<float> row(static_cast<size_t>(F));
+    for (int64_t v = 0; v < V; ++v) {
+      detail::normalise_row(vocab + v * F, F, row.data());
+      for (int64_t k = 0; k < F; ++k) unit_words_t[k * V + v] = row[k];
+    }
+  }
+  std::vector<float> dist(static_cast<size_t>(B * N));
+  std::vector<int64_t> best(static_cast<size_t>(B * N));
+  const int64_t rows = B * N, tiles = (rows + detail::kRows - 1) / detail::kRows;
+  parallel_for(static_cast<size_t>(tiles), [&](size_t t0, size_t t1) {
+    std::vector<float> unit(static_cast<size_t>(detail::kRows * F));
+    for (size_t t = t0; t < t1; ++t) {
+      const int64_t r0 = static_cast<int64_t>(t) * detail::kRows, rn = std::min(detail::kRows, rows - r0);
+      for (int64_t r = 0; r < rn; ++r) detail::normalise_row(features + (r0 + r) * F, F, unit.data() + r * F);
+      detail::nearest_words(unit.data(), rn, unit_words_t.data(), F, V, dist.data() + r0, best.data() + r0);
+    }
+  });
+  // keys: matched -> word index; unmatched -> V + rank among the image's unmatched patches; then renumber
+  // densely in ascending key order (a stable sort keeps equal keys in raster order, though order within a
+  // group does not matter).
+  parallel_for(static_cast<size_t>(B), [&](size_t b0, size_t b1) {
+    std::vector<int64_t> keys(static_cast<size_t>(N)), order(static_cast<size_t>(N));
+    for (size_t b = b0; b < b1; ++b) {
+      const int64_t base = static_cast<int64_t>(b) * N;
+      int64_t unmatched = 0;
+      for (int64_t n = 0; n < N; ++n) keys[n] = dist[base + n] <= threshold ? best[base + n] : V + unmatched++;
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return keys[a] < keys[c]; });
+      int64_t label = -1, previous = -1;
+      for (int64_t i = 0; i < N; ++i) {
+        const int64_t k = keys[order[i]];
+        if (i == 0 || k != previous) ++label;
+        previous = k;
+        labels[base + order[i]] = label;
+      }
+    }
+  });
+}
+
+// merged[B, P+M, D] and sizes[B, P+M] from tokens[B, P+N, D] and labels[B, N]: see vwt::TokenMerge.
+// ToFloat / FromFloat convert the token type (float, or a 16-bit float) to and from float accumulators.
+template <class T, class ToFloat, class FromFloat, class ParallelFor>
+void token_merge_cpu(const T* tokens, const int64_t* labels, int64_t B, int64_t N, int64_t P, int64_t D, int64_t M,
+                     T* merged, float* sizes, ToFloat to_float, FromFloat from_float, ParallelFor&& parallel_for) {
+  const int64_t T_in = P + N, T_out = P + M;
+  parallel_for(static_cast<size_t>(B), [&](size_t b0, size_t b1) {
+    std::vector<float> sums(static_cast<size_t>(M * D));
+    std::vector<float> counts(static_cast<size_t>(M));
+    for (size_t bb = b0; bb < b1; ++bb) {
+      const int64_t b = static_cast<int64_t>(bb);
+      const T* src = tokens + b * T_in * D;
+      T* dst = merged + b * T_out * D;
+      std::memcpy(dst, src, static_cast<size_t>(P * D) * sizeof(T));
+      for (int64_t p = 0; p < P; ++p) sizes[b * T_out + p] = 1.0f;
+      std::fill(sums.begin(), sums.end(), 0.0f);
+      std::fill(counts.begin(), counts.end(), 0.0f);
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t m = labels[b * N + n];
+        const T* x = src + (P + n) * D;
+        float* s = sums.data() + m * D;
+        for (int64_t d = 0; d < D; ++d) s[d] += to_float(x[d]);
+        counts[m] += 1.0f;
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        const float den = std::max(counts[m], 1.0f);
+        T* y = dst + (P + m) * D;
+        const float* s = sums.data() + m * D;
+        for (int64_t d = 0; d < D; ++d) y[d] = from_float(s[d] / den);
+        sizes[b * T_out + P + m] = counts[m];
+      }
+    }
+  });
+}
+
+}  // namespace vwt

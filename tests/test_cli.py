@@ -38,18 +38,24 @@ def test_inter_run_learns_saves_and_reuses_the_vocabulary(tmp_path, images, caps
     assert summary["torch_check"]["tokens_mean"] <= summary["torch_check"]["tokens_in"] == 17
     vocab = Vocabulary.load(out / "vocab.safetensors")
     assert vocab.size == 16 and vocab.meta["source"]["images"] == 6
+    for name in ("model.onnx", "model.vwt.onnx", "model.vwt.portable.onnx"):
+        assert (out / name).is_file()
+    assert all(v["verified"] and v["max_rel_err"] < 1e-4 for v in summary["onnx"].values())
+    assert "verified model.vwt.onnx against torch" in err
 
     code, stdout, err = run_cli(TINY + ["--weights", "random", "--vocab", str(out / "vocab.safetensors"), "--val",
-                                        str(images), "--out", str(tmp_path / "again"), "--quiet"], capsys)
+                                        str(images), "--out", str(tmp_path / "again"), "--quiet", "--skip-export"], capsys)
     assert code == 0, err
     again = json.loads((tmp_path / "again" / "summary.json").read_text())
     assert again["torch_check"] == {**summary["torch_check"], "images_from": str(images)}
+    assert not (tmp_path / "again" / "model.onnx").exists()
 
 
 def test_intra_run(tmp_path, images, capsys):
     code, stdout, err = run_cli(TINY + ["--weights", "random", "--mode", "intra", "--keep", "8", "--val", str(images),
                                         "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 0, err
+    assert "verified model.vwt.portable.onnx" in err
     assert "tokens per image: mean 9.0 of 17" in stdout
 
 

@@ -79,7 +79,8 @@ def vwt_find_tokens(self: gs.Graph) -> TokenSite:
         if "LayerNormalization" in readers and "Add" in readers:
             shape = t.shape or []
             if len(shape) != 3 or not isinstance(shape[1], int) or not isinstance(shape[2], int):
-                raise VWTError(f"the token sequence {t.name} needs a static [B, T, D] shape, found {shape}")
+                raise VWTError(f"the token sequence {t.name} needs a static [B, T, D] shape, found {shape}; export "
+                               "with vwt_export.graph.export")
             num_prefix = shape[1] - grid[0] * grid[1]
             if num_prefix < 0:
                 raise VWTError(f"token sequence {t.name} is shorter ({shape[1]}) than the patch grid {grid}")
@@ -278,6 +279,17 @@ def vwt_weighted_pooling(self: gs.Graph, site: TokenSite, sizes: gs.Variable) ->
     return count
 
 
+@gs.Graph.register()
+def vwt_forget_shapes(self: gs.Graph) -> None:
+    """Drop intermediate shapes: those after the token sequence are stale once its length changes, and the
+    runtime infers them again anyway."""
+    io = {id(t) for t in (*self.inputs, *self.outputs)}
+    for t in self.tensors().values():
+        if isinstance(t, gs.Variable) and id(t) not in io:
+            t.shape = None
+    self.cleanup().toposort()
+
+
 def apply_vwt(model: onnx.ModelProto, mode: str, *, vocab: np.ndarray | None = None, threshold: float = 0.1,
               keep: int | None = None, space: str = "image", prop_attn: bool = False,
               pooling: str | None = None) -> onnx.ModelProto:
@@ -286,7 +298,7 @@ def apply_vwt(model: onnx.ModelProto, mode: str, *, vocab: np.ndarray | None = N
     `pooling` is the model's global pool ('token', 'avg', 'max', 'avgmax'); when it averages, the pass that
     weights the pooling by token size must have found the reduction, or the result would be wrong.
     """
-    graph = gs.import_onnx(model)
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))  # static shapes locate the sequence
     site = graph.vwt_find_tokens()
     graph.vwt_check_dynamic_sequence(site)
     if mode == "inter":
@@ -303,6 +315,7 @@ def apply_vwt(model: onnx.ModelProto, mode: str, *, vocab: np.ndarray | None = N
         graph.vwt_insert_intra(site, keep, space)
     else:
         raise VWTError(f"graph surgery has nothing to do for mode '{mode}'")
+    graph.vwt_forget_shapes()
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
     if mode == "inter" and not any(o.domain == ops.DOMAIN for o in out.opset_import):

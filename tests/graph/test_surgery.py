@@ -1,0 +1,135 @@
+"""Export + surgery end to end: torch reference == portable ORT == custom-op ORT."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import vwt_export as vx
+from vwt_export.backends.onnxruntime import create_session
+from vwt_export.graph.export import export_model
+from vwt_export.graph.surgery import apply_vwt, make_portable
+from vwt_export.vwt.features import patch_features
+
+from ..conftest import blocky_images
+
+
+def rel_err(a, b):
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-6))
+
+
+def with_labels_output(model):
+    """The same graph, also returning the WordLabels output (to check labels exactly)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    m.graph.output.append(onnx.helper.make_tensor_value_info("vwt/labels", onnx.TensorProto.INT64, None))
+    return m
+
+
+def images(model, n, seed):
+    size, p = model.patch_embed.img_size[0], model.patch_embed.patch_size[0]
+    return blocky_images(n, size, cells=size // p, seed=seed, noise=0.05)
+
+
+def threshold_for(model, vocab, x):
+    f = torch.nn.functional.normalize(patch_features(model, x, "image", model.patch_embed.patch_size[0]), dim=-1)
+    d = 1 - f @ torch.nn.functional.normalize(vocab.words, dim=-1).T
+    return float(d.min(-1).values.quantile(0.5))
+
+
+CASES = {
+    "deit_s": lambda: vx.load_model("deit_s", weights="random"),
+    "p14_distilled": lambda: vx.load_model("deit_tiny_distilled_patch16_224", weights="random", img_size=112,
+                                           patch_size=14, depth=3, num_classes=10),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(CASES))
+def exported(request):
+    model = CASES[request.param]()
+    return request.param, model, export_model(model)
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_inter_parity(exported, batch, op_library):
+    name, model, base = exported
+    vocab = vx.learn_vocabulary(model, [images(model, 8, seed=1)], size=32, progress=False)
+    x = images(model, batch, seed=2)
+    thr = threshold_for(model, vocab, x)
+    cmodel = vx.compress(model, "inter", vocab=vocab, threshold=thr)
+    expected = cmodel(x).numpy()
+    vwt = apply_vwt(base, "inter", vocab=vocab.words.numpy(), threshold=thr)
+    ref_labels = vx.vwt.word_labels(patch_features(model, x, "image", model.patch_embed.patch_size[0]),
+                                    torch.nn.functional.normalize(vocab.words, dim=-1), thr).numpy()
+    for form in (vwt, make_portable(vwt)):
+        logits, labels = create_session(with_labels_output(form)).run(None, {"pixels": x.numpy()})
+        np.testing.assert_array_equal(labels, ref_labels)
+        assert rel_err(logits, expected) < 1e-4
+    if batch > 1:
+        assert len(set(cmodel.last_token_counts.tolist())) > 1, "the batch should need padding"
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_intra_parity(exported, batch):
+    name, model, base = exported
+    x = images(model, batch, seed=3)
+    k = model.patch_embed.num_patches // 2
+    expected = vx.compress(model, "intra", keep=k)(x).numpy()
+    got = create_session(apply_vwt(base, "intra", keep=k)).run(None, {"pixels": x.numpy()})[0]
+    assert rel_err(got, expected) < 1e-4
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+@pytest.mark.parametrize("pool,extra", [("token", {"reg_tokens": 1}), ("avg", {"class_token": False})])
+def test_exporters_pooling_and_prop_attn(exporter, pool, extra, op_library):
+    model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=64, depth=2, global_pool=pool, **extra)
+    base = export_model(model, exporter=exporter)
+    vocab = vx.learn_vocabulary(model, [images(model, 8, seed=4)], size=8, progress=False)
+    x = images(model, 6, seed=5)
+    thr = threshold_for(model, vocab, x)
+    for prop in (False, True):
+        expected = vx.compress(model, "inter", vocab=vocab, threshold=thr, prop_attn=prop)(x).numpy()
+        vwt = apply_vwt(base, "inter", vocab=vocab.words.numpy(), threshold=thr, prop_attn=prop, pooling=pool)
+        for form in (vwt, make_portable(vwt)):
+            assert rel_err(create_session(form).run(None, {"pixels": x.numpy()})[0], expected) < 1e-4
+
+
+def test_embed_space(op_library):
+    model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=64, depth=2)
+    vocab = vx.learn_vocabulary(model, [images(model, 8, seed=6)], size=8, space="embed", progress=False)
+    x = images(model, 5, seed=7)
+    f = torch.nn.functional.normalize(patch_features(model, x, "embed", 16), dim=-1)
+    thr = float((1 - f @ torch.nn.functional.normalize(vocab.words, dim=-1).T).min(-1).values.quantile(0.5))
+    expected = vx.compress(model, "inter", vocab=vocab, threshold=thr)(x).numpy()
+    vwt = apply_vwt(export_model(model), "inter", vocab=vocab.words.numpy(), threshold=thr, space="embed")
+    assert rel_err(create_session(vwt).run(None, {"pixels": x.numpy()})[0], expected) < 1e-4
+
+
+def test_the_baseline_export_matches_torch_and_keeps_the_sequence_dynamic():
+    model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=64, depth=2)
+    base = export_model(model)
+    x = torch.randn(3, 3, 64, 64)
+    assert rel_err(create_session(base).run(None, {"pixels": x.numpy()})[0], model(x).detach().numpy()) < 1e-4
+    assert base.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+
+
+def test_a_static_export_is_refused_with_the_fix(tmp_path):
+    import io
+
+    model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=64, depth=1)
+    buf = io.BytesIO()
+    torch.onnx.export(model, (torch.randn(1, 3, 64, 64),), buf, dynamo=False, opset_version=18,
+                      input_names=["pixels"], output_names=["logits"])
+    with pytest.raises(vx.VWTError, match="hard-codes the sequence length 17.*vwt_export.graph.export"):
+        apply_vwt(onnx.load_from_string(buf.getvalue()), "intra", keep=4)
+
+
+def test_a_graph_that_is_not_a_vit_is_refused():
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    conv(torch.randn(1, 3, 8, 8))
+    import io
+
+    buf = io.BytesIO()
+    torch.onnx.export(conv, (torch.randn(1, 3, 8, 8),), buf, dynamo=False, opset_version=18, input_names=["pixels"])
+    with pytest.raises(vx.VWTError, match="no patch-embedding convolution"):
+        apply_vwt(onnx.load_from_string(buf.getvalue()), "intra", keep=4)

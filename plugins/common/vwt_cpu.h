@@ -38,35 +38,85 @@ inline int64_t checked_max_label(const int64_t* labels, int64_t batch, int64_t n
 
 namespace detail {
 
-constexpr int64_t kRows = 8;    // patches per tile
-constexpr int64_t kWords = 64;  // words per tile
+constexpr int64_t kRows = 6;    // patches per micro-tile (6 x 16 accumulators fill 12 AVX registers)
+constexpr int64_t kWords = 16;  // words per micro-tile
 
-// Nearest word (smallest 1 - cos, first index on ties) for up to kRows unit-norm feature rows.
-// unit_words_t is [F, V] so the inner loop runs over contiguous words and vectorises without reassociation.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-__attribute__((target_clones("arch=x86-64-v3", "default")))
+// Unit words, transposed and packed in blocks of kWords: packed[(v / kWords) * F * kWords + k * kWords + v % kWords]
+// (zero-padded past V), so the micro-kernel streams one contiguous [F, kWords] panel per block.
+inline std::vector<float> pack_words(const std::vector<float>& unit_words, int64_t F, int64_t V) {
+  const int64_t blocks = (V + kWords - 1) / kWords;
+  std::vector<float> packed(static_cast<size_t>(blocks * F * kWords), 0.0f);
+  for (int64_t v = 0; v < V; ++v)
+    for (int64_t k = 0; k < F; ++k) packed[(v / kWords) * F * kWords + k * kWords + v % kWords] = unit_words[v * F + k];
+  return packed;
+}
+
+// acc[kRows][kWords] = rows[kRows, F] x panel[F, kWords]; the plain version (any x86-64 or other CPU).
+inline void micro_kernel_generic(const float* rows, const float* panel, int64_t F, float* acc) {
+  float a[kRows][kWords] = {};
+  for (int64_t k = 0; k < F; ++k) {
+    const float* w = panel + k * kWords;
+    for (int64_t r = 0; r < kRows; ++r) {
+      const float f = rows[r * F + k];
+      for (int64_t v = 0; v < kWords; ++v) a[r][v] += f * w[v];
+    }
+  }
+  std::memcpy(acc, a, sizeof(a));
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define VWT_HAVE_AVX2_KERNEL 1
+// The same with AVX2 + FMA: 12 accumulator registers, two panel loads and one broadcast per row and k.
+__attribute__((target("avx2,fma"))) inline void micro_kernel_avx2(const float* rows, const float* panel, int64_t F,
+                                                                   float* acc) {
+  typedef float v8 __attribute__((vector_size(32)));
+  v8 a0[kRows] = {}, a1[kRows] = {};
+  for (int64_t k = 0; k < F; ++k) {
+    v8 w0, w1;
+    std::memcpy(&w0, panel + k * kWords, sizeof(v8));
+    std::memcpy(&w1, panel + k * kWords + 8, sizeof(v8));
+    for (int64_t r = 0; r < kRows; ++r) {
+      const float f = rows[r * F + k];
+      const v8 fb = {f, f, f, f, f, f, f, f};
+      a0[r] += fb * w0;
+      a1[r] += fb * w1;
+    }
+  }
+  for (int64_t r = 0; r < kRows; ++r) {
+    std::memcpy(acc + r * kWords, &a0[r], sizeof(v8));
+    std::memcpy(acc + r * kWords + 8, &a1[r], sizeof(v8));
+  }
+}
 #endif
-inline void nearest_words(const float* unit_rows, int64_t rows, const float* unit_words_t, int64_t F, int64_t V,
+
+inline bool cpu_has_avx2_fma() {
+#ifdef VWT_HAVE_AVX2_KERNEL
+  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+// Nearest word (smallest 1 - cos, first index on ties) for kRows unit-norm rows (zero-padded past `rows`).
+inline void nearest_words(const float* unit_rows, int64_t rows, const float* packed_words, int64_t F, int64_t V,
                           float* best_dist, int64_t* best_word) {
-  float acc[kRows][kWords];
+  float acc[kRows * kWords];
   for (int64_t r = 0; r < rows; ++r) {
     best_dist[r] = INFINITY;
     best_word[r] = 0;
   }
+  const bool avx2 = cpu_has_avx2_fma();
   for (int64_t v0 = 0; v0 < V; v0 += kWords) {
+    const float* panel = packed_words + (v0 / kWords) * F * kWords;
+#ifdef VWT_HAVE_AVX2_KERNEL
+    if (avx2) micro_kernel_avx2(unit_rows, panel, F, acc); else
+#endif
+    micro_kernel_generic(unit_rows, panel, F, acc);
     const int64_t vn = std::min(kWords, V - v0);
-    for (int64_t r = 0; r < rows; ++r) std::fill(acc[r], acc[r] + kWords, 0.0f);
-    for (int64_t k = 0; k < F; ++k) {
-      const float* w = unit_words_t + k * V + v0;
-      for (int64_t r = 0; r < rows; ++r) {
-        const float f = unit_rows[r * F + k];
-        float* a = acc[r];
-        for (int64_t v = 0; v < vn; ++v) a[v] += f * w[v];
-      }
-    }
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t v = 0; v < vn; ++v) {
-        const float d = 1.0f - acc[r][v];
+        const float d = 1.0f - acc[r * kWords + v];
         if (d < best_dist[r]) {
           best_dist[r] = d;
           best_word[r] = v0 + v;
@@ -90,23 +140,19 @@ template <class ParallelFor>
 void word_labels_cpu(const float* features, const float* vocab, int64_t B, int64_t N, int64_t F, int64_t V,
                      float threshold, int64_t* labels, ParallelFor&& parallel_for) {
   if (B == 0 || N == 0) return;
-  std::vector<float> unit_words_t(static_cast<size_t>(F * V));
-  {
-    std::vector<float> row(static_cast<size_t>(F));
-    for (int64_t v = 0; v < V; ++v) {
-      detail::normalise_row(vocab + v * F, F, row.data());
-      for (int64_t k = 0; k < F; ++k) unit_words_t[k * V + v] = row[k];
-    }
-  }
+  std::vector<float> unit_words(static_cast<size_t>(V * F));
+  for (int64_t v = 0; v < V; ++v) detail::normalise_row(vocab + v * F, F, unit_words.data() + v * F);
+  const std::vector<float> packed = detail::pack_words(unit_words, F, V);
   std::vector<float> dist(static_cast<size_t>(B * N));
   std::vector<int64_t> best(static_cast<size_t>(B * N));
   const int64_t rows = B * N, tiles = (rows + detail::kRows - 1) / detail::kRows;
   parallel_for(static_cast<size_t>(tiles), [&](size_t t0, size_t t1) {
-    std::vector<float> unit(static_cast<size_t>(detail::kRows * F));
+    std::vector<float> unit(static_cast<size_t>(detail::kRows * F), 0.0f);
     for (size_t t = t0; t < t1; ++t) {
       const int64_t r0 = static_cast<int64_t>(t) * detail::kRows, rn = std::min(detail::kRows, rows - r0);
       for (int64_t r = 0; r < rn; ++r) detail::normalise_row(features + (r0 + r) * F, F, unit.data() + r * F);
-      detail::nearest_words(unit.data(), rn, unit_words_t.data(), F, V, dist.data() + r0, best.data() + r0);
+      std::fill(unit.begin() + rn * F, unit.end(), 0.0f);
+      detail::nearest_words(unit.data(), rn, packed.data(), F, V, dist.data() + r0, best.data() + r0);
     }
   });
   // keys: matched -> word index; unmatched -> V + rank among the image's unmatched patches; then renumber

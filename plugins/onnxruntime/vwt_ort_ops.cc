@@ -140,20 +140,25 @@ struct TokenMergeKernel {
       auto merged = ctx.GetOutput(0, {B, P + M, D});
       auto sizes = ctx.GetOutput(1, {B, P + M});
       vwt::token_merge_cpu(tokens.GetTensorData<T>(), labels.GetTensorData<int64_t>(), B, N, P, D, M,
-                           merged.GetTensorMutableData<T>(), sizes.GetTensorMutableData<float>(), to_float,
-                           from_float, OrtParallelFor{ctx});
+                           merged.GetTensorMutableData<T>(), sizes.GetTensorMutableData<float>(), ToFloat{},
+                           FromFloat{}, OrtParallelFor{ctx});
       return nullptr;
     } catch (const std::exception& e) {
       return to_status(e);
     }
   }
 
-  static float to_float(const T& x) {
-    if constexpr (std::is_same_v<T, float>) return x; else return x.ToFloat();
-  }
-  static T from_float(float x) {
-    if constexpr (std::is_same_v<T, float>) return x; else return T(x);
-  }
+  // functors (not function pointers) so that the conversions inline into the merge loops
+  struct ToFloat {
+    float operator()(const T& x) const {
+      if constexpr (std::is_same_v<T, float>) return x; else return x.ToFloat();
+    }
+  };
+  struct FromFloat {
+    T operator()(float x) const {
+      if constexpr (std::is_same_v<T, float>) return x; else return T(x);
+    }
+  };
 };
 
 template <class T>

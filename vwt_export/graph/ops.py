@@ -134,3 +134,22 @@ def add_portable_functions(model: onnx.ModelProto) -> onnx.ModelProto:
         if (DOMAIN, name) not in have:
             model.functions.append(FUNCTIONS[name]())
     return model
+
+
+def single_op_model(op: str, *, portable: bool = False, token_type: int = TensorProto.FLOAT, **attrs) -> onnx.ModelProto:
+    """A graph holding one vwt op, for tests and benchmarks (inputs and outputs named as the op's)."""
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    if op == WORD_LABELS:
+        inputs = [("features", f32, ["B", "N", "F"]), ("vocab", f32, ["V", "F"])]
+        outputs = [("labels", i64, ["B", "N"])]
+    elif op == TOKEN_MERGE:
+        inputs = [("tokens", token_type, ["B", "T", "D"]), ("labels", i64, ["B", "N"])]
+        outputs = [("merged", token_type, ["B", "M", "D"]), ("sizes", f32, ["B", "M"])]
+    else:
+        raise ValueError(f"unknown vwt op {op}")
+    node = helper.make_node(op, [n for n, *_ in inputs], [n for n, *_ in outputs], domain=DOMAIN, **attrs)
+    graph = helper.make_graph([node], op, [helper.make_tensor_value_info(*i) for i in inputs],
+                              [helper.make_tensor_value_info(*o) for o in outputs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, VERSION)],
+                              ir_version=10)
+    return add_portable_functions(model) if portable else model

@@ -141,7 +141,7 @@ def _merged_of(sizes: gs.Variable) -> gs.Variable:
     return sizes.inputs[0].outputs[0]
 
 
-def _replace_uses(old: gs.Variable, new: gs.Variable, except_nodes: tuple[gs.Node, ...]) -> None:
+def replace_uses(old: gs.Variable, new: gs.Variable, except_nodes: tuple[gs.Node, ...]) -> None:
     for node in list(old.outputs):
         if node in except_nodes:
             continue
@@ -162,7 +162,7 @@ def vwt_insert_inter(self: gs.Graph, site: TokenSite, vocab: np.ndarray, thresho
                  inputs=[feats, words], outputs=[labels])
     tm = gs.Node(ops.TOKEN_MERGE, "vwt/token_merge", domain=ops.DOMAIN, attrs={"num_prefix": int(site.num_prefix)},
                  inputs=[site.tokens, labels], outputs=[merged, sizes])
-    _replace_uses(site.tokens, merged, except_nodes=(tm,))
+    replace_uses(site.tokens, merged, except_nodes=(tm,))
     self.nodes += [wl, tm]
     self.cleanup().toposort()
     return sizes
@@ -198,7 +198,7 @@ def vwt_insert_intra(self: gs.Graph, site: TokenSite, keep: int, space: str = "i
         gs.Node("Concat", inputs=[prefix, kept], outputs=[selected], attrs={"axis": 1}),
     ]
     ours = tuple(n for n in site.tokens.outputs if n.outputs and n.outputs[0] in (prefix, patches))
-    _replace_uses(site.tokens, selected, except_nodes=ours)
+    replace_uses(site.tokens, selected, except_nodes=ours)
     self.cleanup().toposort()
 
 

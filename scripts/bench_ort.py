@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""ONNX Runtime CPU benchmark of VWT, every figure measured side by side in one run.
+
+    python scripts/bench_ort.py [--model deit_s] [--weights random] [--images DIR] [--reps 20]
+
+Part 1, batch 1, per image (interleaved, so drift hits every variant alike):
+  baseline   model.onnx
+  vwt        model.vwt.onnx (custom ops)
+  ideal      the same embedding and trunk fed only as many tokens as VWT keeps for that image, with no
+             labelling or merging: what VWT would cost if its ops were free
+Part 2, the ops alone at batch 32 on the same images' features and tokens: custom op vs portable body.
+
+Targets (issue 3): vwt within 5% of ideal; the custom TokenMerge at least 5x faster than the portable one.
+Default inputs are the built-in synthetic scenes (flat areas and textured objects); pass --images for real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import vwt_export as vx  # noqa: E402
+from vwt_export.backends.onnxruntime import create_session  # noqa: E402
+from vwt_export.data import iter_image_batches, list_images  # noqa: E402
+from vwt_export.demo import write_demo_images  # noqa: E402
+from vwt_export.graph import ops  # noqa: E402
+from vwt_export.graph.export import export_model  # noqa: E402
+from vwt_export.graph.surgery import apply_vwt, replace_uses  # noqa: E402
+from vwt_export.models import transform  # noqa: E402
+from vwt_export.vwt.features import image_patches  # noqa: E402
+
+
+def ideal_model(base: onnx.ModelProto) -> onnx.ModelProto:
+    """The baseline with the token sequence cut to its first `length` tokens (a second input)."""
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(base))
+    site = graph.vwt_find_tokens()
+    length = gs.Variable("length", dtype=np.int64, shape=[1])
+    cut = gs.Variable("vwt/cut", dtype=np.float32)
+    node = gs.Node("Slice", inputs=[site.tokens, gs.Constant("z", np.array([0], np.int64)), length,
+                                    gs.Constant("a", np.array([1], np.int64))], outputs=[cut])
+    replace_uses(site.tokens, cut, except_nodes=(node,))
+    graph.nodes.append(node)
+    graph.inputs.append(length)
+    graph.vwt_forget_shapes()
+    out = gs.export_onnx(graph.cleanup().toposort())
+    out.ir_version = base.ir_version
+    return out
+
+
+def kernel_time_ms(model: onnx.ModelProto, feeds: dict, reps: int) -> float:
+    """Median time of the graph's kernels alone (ONNX Runtime's profiler), without session overhead: for the
+    portable form, the sum over the standard-op nodes its function body became."""
+    import json
+
+    import onnxruntime as ort
+
+    from vwt_export.backends.onnxruntime import needs_op_library
+    from vwt_export.plugins import ort_library
+
+    so = ort.SessionOptions()
+    so.enable_profiling = True
+    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+    if needs_op_library(model):
+        so.register_custom_ops_library(str(ort_library()))
+    session = ort.InferenceSession(model.SerializeToString(), so)
+    for _ in range(3 + reps):
+        session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    per_run: dict[int, float] = {}
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            i = sum(1 for t in runs if t <= e["ts"]) - 1
+            per_run[i] = per_run.get(i, 0.0) + e["dur"]
+    measured = [per_run[i] for i in sorted(per_run)][3:]  # skip warm-up runs
+    return statistics.median(measured) / 1e3
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="deit_s")
+    ap.add_argument("--weights", default="random")
+    ap.add_argument("--images", type=Path, default=None)
+    ap.add_argument("--vocab-size", type=int, default=1000)
+    ap.add_argument("--threshold", type=float, default=0.1)
+    ap.add_argument("--count", type=int, default=16, help="images timed at batch 1")
+    ap.add_argument("--reps", type=int, default=20)
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="vwt-bench-"))
+    folder = args.images or write_demo_images(tmp / "scenes", count=max(32, args.count))
+    model = vx.load_model(args.model, weights=args.weights)
+    files = list_images(folder)
+    pixels = torch.cat([b for b, _ in iter_image_batches(files[:32], transform(model), 32)])
+    vocab = vx.learn_vocabulary(model, folder, size=args.vocab_size, progress=False)
+    cmodel = vx.compress(model, "inter", vocab=vocab, threshold=args.threshold)
+    with torch.no_grad():
+        cmodel(pixels)
+    lengths = cmodel.last_token_counts.tolist()
+
+    base = export_model(model)
+    vwt = apply_vwt(base, "inter", vocab=vocab.words.numpy(), threshold=args.threshold, pooling=model.global_pool)
+    sessions = {"baseline": create_session(base), "vwt": create_session(vwt), "ideal": create_session(ideal_model(base))}
+    x = pixels.numpy()
+
+    # ---- part 1: batch 1, interleaved -----------------------------------------------------------------------
+    feeds = []
+    for i in range(min(args.count, len(x))):
+        xi = x[i : i + 1]
+        feeds.append({"baseline": {"pixels": xi}, "vwt": {"pixels": xi},
+                      "ideal": {"pixels": xi, "length": np.array([lengths[i]], np.int64)}})
+    for f in feeds[:3]:
+        for name, s in sessions.items():
+            s.run(None, f[name])
+    times = {name: [[] for _ in feeds] for name in sessions}
+    for _ in range(args.reps):
+        for i, f in enumerate(feeds):
+            for name, s in sessions.items():
+                times[name][i].append(timed(lambda: s.run(None, f[name])))
+    med = {name: sum(statistics.median(t) for t in per) / len(per) * 1e3 for name, per in times.items()}
+
+    # ---- part 2: the ops at batch 32 -------------------------------------------------------------------------
+    b32 = np.concatenate([x] * (32 // len(x) + 1))[:32]
+    feats = image_patches(torch.from_numpy(b32), model.patch_embed.patch_size[0]).numpy()
+    with torch.no_grad():
+        m = model
+        tokens = m.norm_pre(m._pos_embed(m.patch_embed(torch.from_numpy(b32)))).numpy()
+    P = model.num_prefix_tokens
+    label_feeds = {"features": feats, "vocab": vocab.words.numpy()}
+    labels = create_session(ops.single_op_model(ops.WORD_LABELS, threshold=args.threshold)).run(None, label_feeds)[0]
+    merge_feeds = {"tokens": tokens, "labels": labels}
+    op_cases = {
+        (op, form): (ops.single_op_model(op, portable=form == "portable", **attrs), feeds)
+        for op, attrs, feeds in ((ops.WORD_LABELS, {"threshold": args.threshold}, label_feeds),
+                                 (ops.TOKEN_MERGE, {"num_prefix": P}, merge_feeds))
+        for form in ("custom", "portable")
+    }
+    op_med = {key: kernel_time_ms(model_, feeds, args.reps) for key, (model_, feeds) in op_cases.items()}
+    groups = int(labels.max()) + 1
+
+    # ---- report -------------------------------------------------------------------------------------------------
+    import onnxruntime as ort
+
+    n_tok = model.num_prefix_tokens + model.patch_embed.num_patches
+    print(f"ONNX Runtime {ort.__version__} CPU, {args.model} ({args.weights} weights), {len(feeds)} images "
+          f"from {'--images' if args.images else 'built-in synthetic scenes'}, vocabulary {args.vocab_size}, "
+          f"threshold {args.threshold}, {args.reps} interleaved repetitions, medians")
+    print(f"tokens per image: mean {np.mean(lengths[:len(feeds)]):.1f} of {n_tok}")
+    print()
+    print("| batch 1 | ms / image | vs baseline | vs ideal |")
+    print("| --- | ---: | ---: | ---: |")
+    for name in ("baseline", "ideal", "vwt"):
+        print(f"| {name} | {med[name]:.2f} | {med[name] / med['baseline']:.2f}x | {med[name] / med['ideal']:.3f}x |")
+    overhead = (med["vwt"] - med["ideal"]) / med["baseline"]
+    print(f"\nVWT vs ideal: {med['vwt'] / med['ideal'] - 1:+.1%} (target within 5%); labels + merge cost "
+          f"{overhead:.1%} of the baseline (target at most 5%)")
+    print()
+    print(f"ops alone at batch 32 (kernel time from ONNX Runtime's profiler; {groups} groups in the longest image):")
+    print("| batch 32 op | custom ms | portable ms | portable / custom |")
+    print("| --- | ---: | ---: | ---: |")
+    for op in ("WordLabels", "TokenMerge"):
+        c, p = op_med[(op, "custom")], op_med[(op, "portable")]
+        print(f"| {op} | {c:.2f} | {p:.2f} | {p / c:.1f}x |")
+    print(f"\nTokenMerge: custom op {op_med[('TokenMerge', 'portable')] / op_med[('TokenMerge', 'custom')]:.1f}x "
+          "faster than the portable form (target at least 5x)")
+
+
+if __name__ == "__main__":
+    main()

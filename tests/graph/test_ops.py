@@ -65,7 +65,7 @@ def test_merge_fuzz(form, op_library):
             keys = rng.integers(0, max(1, N // 2), (B, N))  # random keys, densely relabelled per image
             labels = np.stack([np.unique(k, return_inverse=True)[1].reshape(-1) for k in keys]).astype(np.int64) if B else keys
         t = rng.standard_normal((B, P + N, D)).astype(np.float32)
-        merged, sizes = model[P].run(None, {"t": t, "labels": labels})
+        merged, sizes = model[P].run(None, {"tokens": t, "labels": labels})
         if B == 0:
             assert merged.shape[0] == 0 and sizes.shape[0] == 0
             continue
@@ -79,7 +79,7 @@ def test_custom_merge_float16(op_library):
     t = rng.standard_normal((3, 2 + 20, 16)).astype(np.float16)
     labels = rng.integers(0, 5, (3, 20)).astype(np.int64)
     labels = np.stack([np.unique(k, return_inverse=True)[1].reshape(-1) for k in labels]).astype(np.int64)
-    merged, sizes = run(merge_model(num_prefix=2, token_type=TensorProto.FLOAT16), {"t": t, "labels": labels})
+    merged, sizes = run(merge_model(num_prefix=2, token_type=TensorProto.FLOAT16), {"tokens": t, "labels": labels})
     ref_m, ref_s = token_merge(torch.from_numpy(t), torch.from_numpy(labels), 2)
     assert merged.dtype == np.float16
     np.testing.assert_allclose(merged.astype(np.float32), ref_m.float().numpy(), rtol=2e-3, atol=2e-3)
@@ -92,12 +92,12 @@ def test_custom_merge_refuses_out_of_range_labels(bad, op_library):
     labels[1, 7] = bad
     t = np.zeros((2, 21, 4), np.float32)
     with pytest.raises(Exception, match=r"label .* at \[1, 7\] is outside \[0, 20\)"):
-        run(merge_model(), {"t": t, "labels": labels})
+        run(merge_model(), {"tokens": t, "labels": labels})
 
 
 def test_custom_ops_refuse_mismatched_shapes(op_library):
     with pytest.raises(Exception, match="expected tokens"):
-        run(merge_model(num_prefix=1), {"t": np.zeros((2, 5, 4), np.float32), "labels": np.zeros((2, 7), np.int64)})
+        run(merge_model(num_prefix=1), {"tokens": np.zeros((2, 5, 4), np.float32), "labels": np.zeros((2, 7), np.int64)})
     with pytest.raises(Exception, match="expected features"):
         run(op_model(), {"f": np.ones((1, 4, 8), np.float32), "w": np.ones((3, 6), np.float32),
                          "t": np.ones((1, 5, 2), np.float32)})

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch is pinned for reproducible numbers; the wheels come from the machine's package mirror.
-PINS   := torch==2.14.1 torchvision==0.29.1 timm==1.0.31 onnx==1.23.2 onnxruntime==1.31.1 onnx-graphsurgeon==0.6.1 onnxscript==0.7.2
+PINS   := torch==2.14.1 torchvision==0.29.1 timm==1.0.31 onnx==1.23.2 onnxruntime==1.31.1 onnx-graphsurgeon==0.6.1 onnxscript==0.7.2 polygraphy==0.53.6 matplotlib==3.11.2
 LIB    := vwt_export/lib/libvwt_ort_ops.so
 
 .PHONY: setup demo test clean

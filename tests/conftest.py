@@ -28,3 +28,14 @@ def tiny_models():
         "p14_distilled": vx.load_model("deit_tiny_distilled_patch16_224", img_size=56, patch_size=14, **common),
         "p16_avg": vx.load_model("vit_tiny_patch16_224", img_size=64, class_token=False, global_pool="avg", **common),
     }
+
+
+@pytest.fixture(scope="session")
+def op_library():
+    """The vwt ONNX Runtime op library; `make setup` builds it, so its absence is a failure, not a skip."""
+    from vwt_export.plugins import ort_library
+
+    try:
+        return ort_library()
+    except Exception as e:
+        pytest.fail(f"the vwt op library is not built: {e}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+
+import numpy as np
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -42,6 +44,9 @@ class Run:
     out: Path
     skip_checks: bool
     skip_export: bool
+    skip_int8: bool
+    batches: list[int]
+    reps: int
     batch_size: int
     max_images: int | None
     seed: int
@@ -53,6 +58,10 @@ class Run:
     vocab: Any = None
     cmodel: Any = None
     calib_files: list[Path] = field(default_factory=list)
+    token_counts: list[int] = field(default_factory=list)
+    variants: list[Any] = field(default_factory=list)
+    not_measured: list[dict[str, str]] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
     check_files: list[Path] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -187,6 +196,7 @@ def check_torch(run: Run) -> None:
         agreement = compare(run.model, run.cmodel, run.check_files, transform(run.model), run.batch_size,
                             run.device, progress=bar.update)
     run.summary["torch_check"] = {"images_from": str(run.val or run.calib), **agreement.as_dict()}
+    run.token_counts = agreement.counts
     a = agreement
     click.echo(
         f"tokens per image: mean {a.tokens_mean:.1f} of {a.tokens_in} ({a.tokens_mean / a.tokens_in:.0%}), "
@@ -196,6 +206,157 @@ def check_torch(run: Run) -> None:
         f"agreement with the uncompressed model on {a.images} images: top-1 {a.top1_agreement:.1%}, "
         f"top-5 overlap {a.top5_overlap:.1%}, max |logit diff| {a.max_abs_logit_diff:.3g}"
     )
+
+
+def _pixels(run: Run, files: list[Path], limit: int):
+    from .data import iter_image_batches
+    from .models import transform
+
+    import numpy as np
+
+    return np.concatenate([b.numpy() for b, _ in iter_image_batches(files[:limit], transform(run.model), 16)])
+
+
+def quantize(run: Run) -> None:
+    """model.int8.onnx and model.vwt.int8.onnx: explicit Q/DQ, calibrated on the --calib images."""
+    import onnx
+
+    from .graph.export import save_model
+    from .graph.quantize import quantize_int8
+
+    if run.skip_export or run.skip_int8:
+        run.not_measured.append({"what": "INT8 variants", "why": "skipped (--skip-int8 or --skip-export)"})
+        return
+    if not run.calib_files:
+        run.not_measured.append({"what": "INT8 variants", "why": "no --calib images to calibrate on (validation "
+                                 "images are never used for calibration)"})
+        return
+    pixels = _pixels(run, run.calib_files, 32)
+    batches = [pixels[i : i + 8] for i in range(0, len(pixels), 8)]
+    for key, name in (("model", "model.int8.onnx"), ("vwt", "model.vwt.int8.onnx")):
+        if key in run.onnx:
+            say(f"quantizing {run.onnx[key].name} to INT8 (Q/DQ, calibrated on {len(pixels)} images)")
+            q = quantize_int8(onnx.load(str(run.onnx[key])), batches)
+            run.onnx[key + "_int8"] = save_model(q, run.out / name)
+            run.written.append(run.onnx[key + "_int8"])
+
+
+def check_variants(run: Run) -> None:
+    """Every ONNX variant over the check images: fidelity to FP32, accuracy with labels, latency, energy."""
+    from tqdm.auto import tqdm
+
+    from .check import energy, latency
+    from .check.accuracy import read_labels
+    from .check.variants import Variant, evaluate, merge_share, outputs, token_stats
+    from .models import transform
+
+    if run.skip_checks or run.skip_export:
+        return
+    names = {"model": ("fp32", "fp32", False), "model_int8": ("int8", "int8", False),
+             "vwt": ("vwt", "fp32", True), "vwt_int8": ("vwt+int8", "int8", True)}
+    run.variants = [Variant(names[k][0], run.onnx[k], names[k][1], names[k][2]) for k in names if k in run.onnx]
+    folder = run.val or run.calib
+    labels = read_labels(folder, run.check_files)
+    with tqdm(total=len(run.check_files), desc="evaluating variants", unit="img", disable=not run.progress) as bar:
+        logits = outputs(run.variants, run.check_files, transform(run.model), run.batch_size, progress=bar.update)
+    results = evaluate(run.variants, logits, labels)
+    pixels = _pixels(run, run.check_files, max(run.batches))
+    inputs = {b: np.resize(pixels, (b, *pixels.shape[1:])) for b in run.batches}
+    from .backends.onnxruntime import runner
+
+    runners = {v.name: runner(v.path) for v in run.variants}
+    with tqdm(total=3 + run.reps, desc="timing (interleaved)", unit="rep", disable=not run.progress) as bar:
+        timing = latency.measure(runners, inputs, warmup=3, reps=run.reps, progress=bar.update)
+    full = run.cmodel.tokens_in
+    for v in run.variants:
+        r = results[v.name]
+        r["tokens"] = token_stats(run.token_counts if v.vwt and run.token_counts else [full] * len(run.check_files))
+        r["latency"] = timing[v.name]
+        r["energy"] = energy.measure_cpu_variant()
+        r["merge_share"] = merge_share(v.path, pixels[:4]) if v.vwt else None
+    run.report["variants"] = {v.name: {"file": v.path.name, "backend": v.backend, "precision": v.precision,
+                                       "vwt": v.vwt, **results[v.name]} for v in run.variants}
+    run.report["images"] = {"folder": str(folder), "count": len(run.check_files), "labelled": labels is not None,
+                            "calib": str(run.calib) if run.calib else None, "calib_count": len(run.calib_files)}
+    run.not_measured.append({"what": "FP16 variants", "why": "ONNX Runtime's CPU provider lacks float16 kernels "
+                             "for most ops; FP16 is built for TensorRT (--backend trt)"})
+    run.not_measured.append({"what": "energy", "why": energy.measure_cpu_variant()["reason"]})
+    if labels is None:
+        run.not_measured.append({"what": "accuracy", "why": f"{folder} has no labels (class subfolders or a labels "
+                                 "file); fidelity to FP32 is reported instead"})
+
+
+def polygraphy_files(run: Run) -> None:
+    """Check inputs and torch FP32 reference outputs in Polygraphy's JSON format, and the commands to use them."""
+    import torch
+    from polygraphy.comparator import RunResults
+    from polygraphy.comparator.struct import IterationResult
+    from polygraphy.json import save_json
+    from polygraphy.logger import G_LOGGER
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR  # its per-file "Saving inference results" lines are noise here
+
+    if run.skip_checks or run.skip_export:
+        return
+    folder = run.out / "polygraphy"
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = _pixels(run, run.check_files, 8)
+    from .atomic import atomic_path
+
+    with atomic_path(folder / "inputs.json") as tmp:
+        save_json([{"pixels": pixels}], str(tmp))
+    refs = {"model": ("model.outputs.json", run.model)}
+    if "vwt" in run.onnx:
+        refs["vwt"] = ("model.vwt.outputs.json", run.cmodel)
+    with torch.no_grad():
+        for key, (name, module) in refs.items():
+            results = RunResults()
+            logits = module(torch.from_numpy(pixels).to(run.device)).float().cpu().numpy()
+            results.append(("torch-fp32", [IterationResult({"logits": logits}, runner_name="torch-fp32")]))
+            with atomic_path(folder / name) as tmp:
+                results.save(str(tmp))
+    commands = []
+    for key, file in (("model", "model.onnx"), ("vwt", "model.vwt.onnx"), ("vwt", "model.vwt.portable.onnx")):
+        if key in refs:
+            commands.append(f"polygraphy run {run.out / file} --onnxrt --load-inputs {folder / 'inputs.json'} "
+                            f"--load-outputs {folder / refs[key][0]} --atol 1e-4 --rtol 1e-3")
+    run.report["polygraphy"] = {"inputs": "polygraphy/inputs.json",
+                                "outputs": {v[0]: "torch fp32 " + k for k, v in refs.items()}, "commands": commands}
+
+
+def write_report(run: Run) -> None:
+    import datetime
+    import os
+
+    import onnx
+    import onnxruntime
+    import timm
+    import torch
+
+    from . import __version__
+    from .check import report as rep
+
+    if "variants" not in run.report:
+        return
+    m = run.model
+    run.report.update(
+        schema=rep.SCHEMA, version=rep.VERSION,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        command=" ".join(["vwt-export", *sys.argv[1:]]),
+        model={"name": run.model_name, "timm_name": m.default_cfg.get("architecture"), "weights": run.weights,
+               "weights_meaningful": run.weights != "random", "num_prefix_tokens": m.num_prefix_tokens,
+               "num_patches": m.patch_embed.num_patches, "tokens_in": run.cmodel.tokens_in},
+        settings={"mode": run.mode, **_settings(run)},
+        environment={"python": platform.python_version(), "platform": platform.platform(),
+                     "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                     "torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__, "vwt_export": __version__, "gpu": None},
+        not_measured=run.not_measured,
+    )
+    written = rep.write(run.report, run.out)
+    run.written.extend(written)
+    click.echo("")
+    click.echo(rep.markdown(run.report).split("Not measured:")[0].rstrip())
 
 
 def write_summary(run: Run) -> None:
@@ -227,7 +388,8 @@ def _settings(run: Run) -> dict[str, Any]:
     return settings
 
 
-STAGES = (validate_inputs, load, tokenizer, compress_model, export_onnx, check_torch, write_summary)
+STAGES = (validate_inputs, load, tokenizer, compress_model, export_onnx, quantize, check_torch, check_variants,
+          polygraphy_files, write_report, write_summary)
 
 
 def run_pipeline(run: Run) -> None:
@@ -245,6 +407,16 @@ def _parse_keep(value: str) -> int | float:
         return float(value) if any(c in value for c in ".eE") else int(value)
     except ValueError:
         raise VWTError(f"--keep {value}: give a fraction like 0.75 or a patch count like 147") from None
+
+
+def _parse_batches(value: str) -> list[int]:
+    try:
+        out = sorted({int(v) for v in value.split(",") if v.strip()})
+    except ValueError:
+        out = []
+    if not out or min(out) < 1:
+        raise VWTError(f"--batch {value}: give batch sizes like 1,8,32")
+    return out
 
 
 def _parse_model_args(items: tuple[str, ...]) -> dict[str, Any]:
@@ -281,6 +453,9 @@ def _parse_model_args(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output folder  [default: vwt-out/MODEL-MODE]")
 @click.option("--skip-checks", is_flag=True, help="do not compare against the uncompressed model")
 @click.option("--skip-export", is_flag=True, help="do not write ONNX files (torch path only)")
+@click.option("--skip-int8", is_flag=True, help="do not build the INT8 variants")
+@click.option("--batch", "batches", default="1,8", show_default=True, help="batch sizes timed, comma-separated")
+@click.option("--reps", type=click.IntRange(min=1), default=10, show_default=True, help="timed repetitions per variant and batch")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="use at most N images of each folder")
 @click.option("--seed", type=int, default=0, show_default=True, help="k-means seed")
@@ -290,7 +465,7 @@ def _parse_model_args(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--debug", is_flag=True, help="show tracebacks")
 @click.version_option(package_name="vwt-export")
 def command(model, mode, weights, model_args, calib, val, vocab_path, vocab_size, threshold, keep, space, prop_attn,
-         out, skip_checks, skip_export, batch_size, max_images, seed, device, demo, quiet, debug):
+         out, skip_checks, skip_export, skip_int8, batches, reps, batch_size, max_images, seed, device, demo, quiet, debug):
     """Compress the timm ViT MODEL (an alias such as deit_s, or a timm name) with the Visual Word Tokenizer.
 
     \b
@@ -313,6 +488,7 @@ def command(model, mode, weights, model_args, calib, val, vocab_path, vocab_size
             model_name=model, mode=mode, weights=weights or "pretrained", model_args=_parse_model_args(model_args),
             calib=calib, val=val, vocab_path=vocab_path, vocab_size=vocab_size, threshold=threshold,
             keep=_parse_keep(keep), space=space, prop_attn=prop_attn, out=out, skip_checks=skip_checks, skip_export=skip_export,
+            skip_int8=skip_int8, batches=_parse_batches(batches), reps=reps,
             batch_size=batch_size, max_images=max_images, seed=seed, device=device, progress=not quiet,
         )
         run_pipeline(run)

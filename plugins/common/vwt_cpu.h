@@ -135,14 +135,25 @@ inline void normalise_row(const float* x, int64_t n, float* out) {
 
 }  // namespace detail
 
-// labels[B, N] from features[B, N, F] and vocab[V, F]: see vwt::WordLabels in DESIGN.md.
-template <class ParallelFor>
-void word_labels_cpu(const float* features, const float* vocab, int64_t B, int64_t N, int64_t F, int64_t V,
-                     float threshold, int64_t* labels, ParallelFor&& parallel_for) {
-  if (B == 0 || N == 0) return;
+// Unit-norm words packed for the micro-kernel. A constant vocabulary is packed once per session.
+struct PackedVocab {
+  std::vector<float> panels;
+  int64_t V = 0, F = 0;
+};
+
+inline PackedVocab pack_vocab(const float* vocab, int64_t V, int64_t F) {
   std::vector<float> unit_words(static_cast<size_t>(V * F));
   for (int64_t v = 0; v < V; ++v) detail::normalise_row(vocab + v * F, F, unit_words.data() + v * F);
-  const std::vector<float> packed = detail::pack_words(unit_words, F, V);
+  return PackedVocab{detail::pack_words(unit_words, F, V), V, F};
+}
+
+// labels[B, N] from features[B, N, F] and the packed vocab[V, F]: see vwt::WordLabels in DESIGN.md.
+template <class ParallelFor>
+void word_labels_cpu(const float* features, const PackedVocab& vocab, int64_t B, int64_t N, float threshold,
+                     int64_t* labels, ParallelFor&& parallel_for) {
+  const int64_t F = vocab.F, V = vocab.V;
+  if (B == 0 || N == 0) return;
+  const std::vector<float>& packed = vocab.panels;
   std::vector<float> dist(static_cast<size_t>(B * N));
   std::vector<int64_t> best(static_cast<size_t>(B * N));
   const int64_t rows = B * N, tiles = (rows + detail::kRows - 1) / detail::kRows;

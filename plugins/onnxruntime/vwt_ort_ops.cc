@@ -51,6 +51,7 @@ std::string dims(const std::vector<int64_t>& s) {
 struct WordLabelsKernel {
   float threshold;
   bool on_cuda;
+  vwt::PackedVocab constant_vocab;  // packed at session creation when the vocabulary is an initializer
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     try {
@@ -70,7 +71,10 @@ struct WordLabelsKernel {
 #endif
         return nullptr;
       }
-      vwt::word_labels_cpu(features.GetTensorData<float>(), vocab.GetTensorData<float>(), fs[0], fs[1], fs[2], vs[0],
+      const bool prepacked = constant_vocab.V == vs[0] && constant_vocab.F == vs[1];
+      vwt::PackedVocab per_call;
+      if (!prepacked) per_call = vwt::pack_vocab(vocab.GetTensorData<float>(), vs[0], vs[1]);
+      vwt::word_labels_cpu(features.GetTensorData<float>(), prepacked ? constant_vocab : per_call, fs[0], fs[1],
                            threshold, labels.GetTensorMutableData<int64_t>(), OrtParallelFor{ctx});
       return nullptr;
     } catch (const std::exception& e) {
@@ -83,8 +87,15 @@ struct WordLabelsOp : Ort::CustomOpBase<WordLabelsOp, WordLabelsKernel, true> {
   explicit WordLabelsOp(const char* provider) : provider_(provider) {}
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
     try {
-      const float threshold = Ort::ConstKernelInfo(info).GetAttribute<float>("threshold");
-      *kernel = new WordLabelsKernel{threshold, std::string(provider_) == "CUDAExecutionProvider"};
+      Ort::ConstKernelInfo ki(info);
+      auto* k = new WordLabelsKernel{ki.GetAttribute<float>("threshold"), std::string(provider_) == "CUDAExecutionProvider", {}};
+      int is_constant = 0;
+      Ort::ConstValue vocab = ki.GetTensorConstantInput(1, &is_constant);
+      if (is_constant && !k->on_cuda) {
+        const auto vs = shape_of(vocab);
+        if (vs.size() == 2 && vs[0] >= 1) k->constant_vocab = vwt::pack_vocab(vocab.GetTensorData<float>(), vs[0], vs[1]);
+      }
+      *kernel = k;
       return nullptr;
     } catch (const std::exception& e) {
       return to_status(e);

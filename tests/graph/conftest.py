@@ -30,13 +30,3 @@ def op_model(ops_used=("WordLabels", "TokenMerge"), threshold=0.3, num_prefix=1,
 def merge_model(num_prefix=1, token_type=TensorProto.FLOAT, portable=False):
     """TokenMerge alone: tokens, labels -> merged, sizes."""
     return ops.single_op_model(ops.TOKEN_MERGE, portable=portable, token_type=token_type, num_prefix=num_prefix)
-
-
-@pytest.fixture(scope="session")
-def op_library():
-    from vwt_export.plugins import ort_library
-
-    try:
-        return ort_library()
-    except Exception as e:  # the CPU library is part of `make setup`; without it these tests cannot run
-        pytest.fail(f"the vwt op library is not built: {e}")

@@ -92,6 +92,9 @@ def export_model(model: nn.Module, opset: int = DEFAULT_OPSET, exporter: str = "
     kept = [vi for vi in merged.graph.value_info if vi.name != TOKENS_NAME]
     del merged.graph.value_info[:]
     merged.graph.value_info.extend(kept + [tokens_info])
+    opsets = {(o.domain or ""): o.version for o in merged.opset_import}  # merge_models may list a domain twice
+    del merged.opset_import[:]
+    merged.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(opsets.items()))
     merged.producer_name, merged.producer_version = "vwt-export", _version()
     onnx.checker.check_model(merged)
     return merged

@@ -57,7 +57,10 @@ def vwt_find_tokens(self: gs.Graph) -> TokenSite:
     if len(self.inputs) != 1 or len(self.inputs[0].shape or []) != 4:
         raise VWTError("graph surgery expects one pixel input [B, C, H, W]; is this a timm ViT export?")
     pixels = self.inputs[0]
-    convs = [n for n in pixels.outputs if n.op == "Conv"
+    readers = list(pixels.outputs)
+    for _ in range(2):  # an INT8 graph quantizes the pixels first: QuantizeLinear -> DequantizeLinear -> Conv
+        readers += [r for n in readers if n.op in ("QuantizeLinear", "DequantizeLinear") for r in n.outputs[0].outputs]
+    convs = [n for n in readers if n.op == "Conv"
              and n.attrs.get("kernel_shape") == n.attrs.get("strides") and len(n.attrs.get("kernel_shape", [])) == 2]
     if len(convs) != 1:
         raise VWTError("no patch-embedding convolution (kernel == stride) reads the pixel input; not a ViT graph")

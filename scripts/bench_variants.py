@@ -1,0 +1,35 @@
+#!/usr/bin/env python3
+"""The CPU table of issue 4: FP32, INT8, VWT and VWT + INT8 on ONNX Runtime CPU, timed side by side in one run.
+
+    python scripts/bench_variants.py [--model deit_s] [--weights random] [--calib DIR] [--val DIR] [--batch 1,8]
+
+A thin wrapper over `vwt-export ... --reps 20`: it runs the full job and prints report.md's table. Without
+--calib/--val it uses the built-in synthetic scenes and random weights, so only latency and tokens mean
+anything; the expected order on CPU is vwt+int8 < vwt < int8 < fp32 in latency.
+"""
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vwt_export.cli import main  # noqa: E402
+
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("--model", default="deit_s")
+ap.add_argument("--weights", default=None)
+ap.add_argument("--calib", default=None)
+ap.add_argument("--val", default=None)
+ap.add_argument("--batch", default="1,8")
+ap.add_argument("--reps", default="20")
+ap.add_argument("--out", default=None)
+args = ap.parse_args()
+argv = [args.model, "--mode", "inter", "--batch", args.batch, "--reps", args.reps, "--quiet",
+        "--out", args.out or tempfile.mkdtemp(prefix="vwt-bench-variants-")]
+if args.calib:
+    argv += ["--calib", args.calib, "--weights", args.weights or "pretrained"] + (["--val", args.val] if args.val else [])
+else:
+    argv += ["--demo"] + (["--weights", args.weights] if args.weights else [])
+main(argv)

@@ -1,0 +1,27 @@
+import numpy as np
+
+from vwt_export.check import energy, latency
+
+
+def test_latency_covers_every_variant_and_batch_with_ordered_percentiles():
+    calls = []
+    runners = {name: (lambda x, n=name: calls.append((n, len(x)))) for name in ("a", "b", "c")}
+    out = latency.measure(runners, {1: np.zeros((1, 2)), 4: np.zeros((4, 2))}, warmup=2, reps=5)
+    assert set(out) == {"a", "b", "c"} and all(set(v) == {1, 4} for v in out.values())
+    for per_batch in out.values():
+        for b, s in per_batch.items():
+            assert s["runs"] == 5 and s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"]
+            assert s["images_per_s"] > 0
+    assert len(calls) == 3 * 2 * (2 + 5)
+    firsts = [calls[i * 6][0] for i in range(7)]  # the order rotates between repetitions
+    assert len(set(firsts)) == 3
+
+
+def test_energy_is_unavailable_on_cpu_with_a_reason():
+    result = energy.measure_cpu_variant()
+    assert result["available"] is False and "NVML" in result["reason"]
+
+
+def test_gpu_energy_without_a_gpu_says_why():
+    result = energy.measure_gpu(lambda: None, images_per_call=1, window_s=0.01)
+    assert result["available"] is False and result["reason"]

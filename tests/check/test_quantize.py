@@ -1,0 +1,42 @@
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+import vwt_export as vx
+from vwt_export.backends.onnxruntime import create_session
+from vwt_export.check.accuracy import cosine_similarity
+from vwt_export.graph.export import export_model
+from vwt_export.graph.quantize import quantize_int8
+from vwt_export.graph.surgery import apply_vwt
+
+from ..conftest import blocky_images
+
+
+def _initializers(model):
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def test_int8_is_symmetric_per_channel_qdq_and_close_to_fp32(op_library):
+    model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=64, depth=2)
+    x = blocky_images(8, 64, cells=4, seed=1).numpy()
+    vocab = vx.learn_vocabulary(model, [torch.from_numpy(x)], size=8, progress=False)
+    base = export_model(model)
+    vwt = apply_vwt(base, "inter", vocab=vocab.words.numpy(), threshold=0.3)
+    for fp32 in (base, vwt):
+        q = quantize_int8(fp32, [x[:4], x[4:]])
+        inits = _initializers(q)
+        qnodes = [n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+        assert qnodes, "no Q/DQ nodes"
+        for n in qnodes:  # symmetric: every zero point is 0
+            if len(n.input) > 2 and n.input[2] in inits:
+                assert not inits[n.input[2]].any()
+        per_channel = [n for n in qnodes if n.op_type == "DequantizeLinear" and inits.get(n.input[1]) is not None
+                       and inits[n.input[1]].ndim == 1 and inits[n.input[1]].size > 1]
+        assert per_channel, "weights should have one scale per output channel"
+        assert {n.op_type for n in q.graph.node if n.domain == "vwt"} == (
+            {"WordLabels", "TokenMerge"} if fp32 is vwt else set())
+        assert not q.functions  # the custom-op graph stays a custom-op graph
+        ref = create_session(fp32).run(None, {"pixels": x})[0]
+        got = create_session(q).run(None, {"pixels": x})[0]
+        assert cosine_similarity(ref, got) > 0.95

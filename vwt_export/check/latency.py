@@ -1,0 +1,41 @@
+"""Latency: every variant timed in the same run, interleaved so that drift (thermal, other load) hits all alike."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def percentiles(samples_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(samples_s) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "runs": int(len(ms))}
+
+
+def measure(runners: dict[str, Callable[[np.ndarray], object]], inputs: dict[int, np.ndarray], warmup: int = 3,
+            reps: int = 20, progress: Callable[[int], None] | None = None) -> dict[str, dict[int, dict[str, float]]]:
+    """{variant: {batch: percentiles + throughput}} for each runner and each batch size.
+
+    One repetition runs every (batch, variant) once, in a rotating order; `warmup` repetitions are discarded.
+    """
+    names = list(runners)
+    samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in inputs}
+    for rep in range(warmup + reps):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for b, x in inputs.items():
+            for name in order:
+                t0 = time.perf_counter()
+                runners[name](x)
+                dt = time.perf_counter() - t0
+                if rep >= warmup:
+                    samples[name, b].append(dt)
+        if progress:
+            progress(1)
+    out: dict[str, dict[int, dict[str, float]]] = {n: {} for n in names}
+    for (name, b), s in samples.items():
+        stats = percentiles(s)
+        stats["images_per_s"] = b / (stats["p50_ms"] / 1e3)
+        out[name][b] = stats
+    return out

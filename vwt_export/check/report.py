@@ -1,0 +1,142 @@
+"""report.json (schema below), report.md (one table a person reads at a glance) and plots.
+
+report.json, version 1:
+  schema, version, created, command          what produced it
+  model        name, timm_name, weights, weights_meaningful, num_prefix_tokens, num_patches, tokens_in
+  settings     mode, threshold / keep, space, prop_attn, vocab
+  environment  python, platform, processor, cpu_count, versions of torch / timm / onnx / onnxruntime / vwt_export
+  images       check folder, count, labelled; calibration folder, count
+  variants     {name: {file, backend, precision, vwt, accuracy {top1, top5} | null,
+                fidelity {top1_agreement, top5_overlap, kl_divergence, cosine_similarity} vs fp32,
+                tokens {mean, min, max, counts}, merge_share | null,
+                latency {batch: {p50_ms, p90_ms, p99_ms, mean_ms, runs, images_per_s}},
+                energy {available, reason | j_per_image_gross, j_per_image_net, ...}}}
+  not_measured [{what, why}]
+  polygraphy   {inputs, outputs: {file: reference}, commands}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_path, write_text
+
+SCHEMA, VERSION = "vwt-export/report", 1
+REQUIRED = ("schema", "version", "created", "model", "settings", "environment", "images", "variants", "not_measured")
+VARIANT_REQUIRED = ("file", "backend", "precision", "vwt", "accuracy", "fidelity", "tokens", "latency", "energy")
+
+
+def validate(report: dict) -> None:
+    """Raise ValueError if `report` does not follow the schema above."""
+    missing = [k for k in REQUIRED if k not in report]
+    if missing or report.get("schema") != SCHEMA:
+        raise ValueError(f"report lacks {missing or 'the schema tag'}")
+    for name, v in report["variants"].items():
+        gaps = [k for k in VARIANT_REQUIRED if k not in v]
+        if gaps:
+            raise ValueError(f"variant {name} lacks {gaps}")
+        if not v["energy"].get("available") and not v["energy"].get("reason"):
+            raise ValueError(f"variant {name}: unavailable energy needs a reason")
+
+
+def _fmt(x: Any, spec: str, missing: str = "–") -> str:
+    return missing if x is None else format(x, spec)
+
+
+def markdown(report: dict) -> str:
+    m, s = report["model"], report["settings"]
+    lines = [f"# vwt-export report: {m['name']} ({m['timm_name']})", ""]
+    if not m["weights_meaningful"]:
+        lines += ["> **Random weights**: accuracy and fidelity figures say nothing about a trained model; they only "
+                  "show that every variant runs and agrees with its reference.", ""]
+    imgs = report["images"]
+    lines += [f"Mode **{s['mode']}**" + (f", threshold {s['threshold']}, {s.get('vocab_size')} words" if s["mode"] == "inter" else "")
+              + (f", keep {s.get('keep')}" if s["mode"] == "intra" else "")
+              + f". {imgs['count']} check images from `{imgs['folder']}` ({'labelled' if imgs['labelled'] else 'no labels: fidelity only'}).",
+              f"Backend: ONNX Runtime {report['environment']['onnxruntime']} CPU, {report['environment']['cpu_count']} cores; "
+              "all variants timed in one interleaved run.", ""]
+    batches = sorted({int(b) for v in report["variants"].values() for b in v["latency"]})
+    head = ["variant", "top-1", "top-5", "agree (top-1)", "KL", "tokens"] + [f"p50 ms @{b}" for b in batches] + \
+           [f"img/s @{batches[-1]}" if batches else "img/s", "J/img"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, v in report["variants"].items():
+        acc = v["accuracy"] or {}
+        lat = v["latency"]
+        row = [f"**{name}**", _fmt(acc.get("top1"), ".1%"), _fmt(acc.get("top5"), ".1%"),
+               _fmt(v["fidelity"]["top1_agreement"], ".1%"), _fmt(v["fidelity"]["kl_divergence"], ".3g"),
+               _fmt(v["tokens"]["mean"], ".1f")]
+        row += [_fmt((lat.get(b) or lat.get(str(b)) or {}).get("p50_ms"), ".1f") for b in batches]
+        last = lat.get(batches[-1]) or lat.get(str(batches[-1])) or {} if batches else {}
+        row += [_fmt(last.get("images_per_s"), ".1f"),
+                _fmt(v["energy"].get("j_per_image_net"), ".3f", "n/a")]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    shares = {n: v["merge_share"] for n, v in report["variants"].items() if v.get("merge_share") is not None}
+    if shares:
+        lines.append("Share of run time spent labelling and merging (batch 1, ONNX Runtime profiler): "
+                     + ", ".join(f"{n} {x:.1%}" for n, x in shares.items()) + ".")
+        lines.append("")
+    lines += ["Not measured:", ""] + [f"- {x['what']}: {x['why']}" for x in report["not_measured"]] + [""]
+    pg = report.get("polygraphy")
+    if pg:
+        lines += ["Check any file yourself with polygraphy (the vwt op library loads automatically once vwt-export is "
+                  "installed):", "", "```bash"] + pg["commands"] + ["```", ""]
+    if report.get("plots"):
+        lines += [f"![{Path(p).stem}]({p})" for p in report["plots"]] + [""]
+    return "\n".join(lines)
+
+
+def plots(report: dict, folder: Path) -> list[str]:
+    """Fidelity or accuracy against latency, and the token-count histograms; returns relative paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    variants = report["variants"]
+    labelled = report["images"]["labelled"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, v in variants.items():
+        lat = v["latency"].get(1) or v["latency"].get("1")
+        if not lat:
+            continue
+        y = (v["accuracy"] or {}).get("top1") if labelled else v["fidelity"]["top1_agreement"]
+        ax.scatter(lat["p50_ms"], y * 100)
+        ax.annotate(name, (lat["p50_ms"], y * 100), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("p50 latency at batch 1 (ms, ONNX Runtime CPU)")
+    ax.set_ylabel("top-1 accuracy (%)" if labelled else "top-1 agreement with FP32 (%)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(_save(fig, folder / "accuracy_vs_latency.png"))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, v in variants.items():
+        if v["vwt"] and v["tokens"].get("counts"):
+            ax.hist(v["tokens"]["counts"], bins=30, alpha=0.6, label=name)
+            break  # every VWT variant keeps the same tokens
+    ax.axvline(report["model"]["tokens_in"], color="k", linestyle="--", label="uncompressed")
+    ax.set_xlabel("tokens per image")
+    ax.set_ylabel("images")
+    ax.legend()
+    fig.tight_layout()
+    written.append(_save(fig, folder / "tokens.png"))
+    plt.close(fig)
+    return [str(Path(folder.name) / Path(p).name) for p in written]
+
+
+def _save(fig, path: Path) -> str:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return str(path)
+
+
+def write(report: dict, out: Path) -> list[Path]:
+    validate(report)
+    report["plots"] = plots(report, out / "plots")
+    write_text(out / "report.json", json.dumps(report, indent=2, default=float) + "\n")
+    write_text(out / "report.md", markdown(report))
+    return [out / "report.json", out / "report.md"] + [out / p for p in report["plots"]]

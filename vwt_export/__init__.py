@@ -7,11 +7,12 @@
     logits = cmodel(x); cmodel.last_token_counts
 """
 
+from . import runtime
 from .errors import VWTError
 from .models import load_model, model_cards
 from .vwt import CompressedViT, Vocabulary, compress, learn_vocabulary
 
 __version__ = "0.1.0"
 
-__all__ = ["CompressedViT", "VWTError", "Vocabulary", "compress", "learn_vocabulary", "load_model", "model_cards",
+__all__ = ["CompressedViT", "VWTError", "Vocabulary", "compress", "learn_vocabulary", "load_model", "model_cards", "runtime",
            "__version__"]

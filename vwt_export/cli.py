@@ -45,6 +45,8 @@ class Run:
     skip_checks: bool
     skip_export: bool
     skip_int8: bool
+    backend: str
+    trt_target: str | None
     batches: list[int]
     reps: int
     batch_size: int
@@ -62,6 +64,7 @@ class Run:
     variants: list[Any] = field(default_factory=list)
     not_measured: list[dict[str, str]] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
+    engines: dict[str, Path] = field(default_factory=dict)
     check_files: list[Path] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -236,9 +239,50 @@ def quantize(run: Run) -> None:
     for key, name in (("model", "model.int8.onnx"), ("vwt", "model.vwt.int8.onnx")):
         if key in run.onnx:
             say(f"quantizing {run.onnx[key].name} to INT8 (Q/DQ, calibrated on {len(pixels)} images)")
-            q = quantize_int8(onnx.load(str(run.onnx[key])), batches)
+            q = quantize_int8(onnx.load(str(run.onnx[key])), batches, portable=True)
+            if key == "vwt":  # as for FP32: one file with the portable bodies (any runtime), one with custom ops
+                run.onnx["vwt_int8_portable"] = save_model(q, run.out / "model.vwt.int8.portable.onnx")
+                run.written.append(run.onnx["vwt_int8_portable"])
+                del q.functions[:]
             run.onnx[key + "_int8"] = save_model(q, run.out / name)
             run.written.append(run.onnx[key + "_int8"])
+
+
+def build_engines(run: Run) -> None:
+    """--backend trt: a TensorRT engine (+ JSON sidecar) per ONNX variant and precision."""
+    from .backends import tensorrt as vtrt
+
+    if run.backend != "trt" or run.skip_export:
+        return
+    trt, flavour = vtrt.import_tensorrt()
+    try:
+        plugin = vtrt.plugin_library()
+    except VWTError:
+        plugin = None
+    vwt_graph = run.onnx.get("vwt") if plugin else run.onnx.get("vwt_portable")
+    vwt_int8 = run.onnx.get("vwt_int8") if plugin else run.onnx.get("vwt_int8_portable")
+    plan = [("fp32", run.onnx.get("model"), "fp32"), ("fp16", run.onnx.get("model"), "fp16"),
+            ("int8", run.onnx.get("model_int8"), "int8"), ("vwt", vwt_graph, "fp32"), ("vwt+fp16", vwt_graph, "fp16"),
+            ("vwt+int8", vwt_int8, "int8")]
+    for name, onnx_path, precision in plan:
+        if onnx_path is None:
+            continue
+        stem = "model.vwt" if name.startswith("vwt") else "model"
+        engine = run.out / f"{stem}.{precision}.engine"
+        say(f"building TensorRT engine {engine.name} ({flavour} {trt.__version__}, from {onnx_path.name})")
+        try:
+            vtrt.build_engine(onnx_path, engine, vtrt.BuildSettings(precision=precision, batches=run.batches,
+                                                                     compute_capability=run.trt_target,
+                                                                     timing_cache=str(run.out / "timing.cache")))
+        except VWTError as e:
+            run.not_measured.append({"what": f"TensorRT {name} engine", "why": str(e)})
+            say(f"warning: {e}")
+            continue
+        run.engines[name] = engine
+        run.written += [engine, vtrt.sidecar_path(engine)]
+    if not plugin and vwt_graph is not None:
+        run.not_measured.append({"what": "TensorRT plugin path", "why": "libvwt_trt_plugin.so is not built (no "
+                                 "TensorRT headers at build time); the VWT engines use the portable graph"})
 
 
 def check_variants(run: Run) -> None:
@@ -255,6 +299,17 @@ def check_variants(run: Run) -> None:
     names = {"model": ("fp32", "fp32", False), "model_int8": ("int8", "int8", False),
              "vwt": ("vwt", "fp32", True), "vwt_int8": ("vwt+int8", "int8", True)}
     run.variants = [Variant(names[k][0], run.onnx[k], names[k][1], names[k][2]) for k in names if k in run.onnx]
+    if run.engines:
+        try:
+            from .backends.tensorrt import current_gpu
+
+            current_gpu()
+            if run.trt_target:
+                raise VWTError(f"engines were built ahead of time for {run.trt_target}")
+            run.variants += [Variant(f"trt:{n}", p, "fp16" if "fp16" in n else ("int8" if "int8" in n else "fp32"),
+                                     n.startswith("vwt"), backend="tensorrt") for n, p in run.engines.items()]
+        except VWTError as e:
+            run.not_measured.append({"what": "TensorRT engines (accuracy, latency)", "why": f"not run: {e}"})
     folder = run.val or run.calib
     labels = read_labels(folder, run.check_files)
     with tqdm(total=len(run.check_files), desc="evaluating variants", unit="img", disable=not run.progress) as bar:
@@ -262,9 +317,9 @@ def check_variants(run: Run) -> None:
     results = evaluate(run.variants, logits, labels)
     pixels = _pixels(run, run.check_files, max(run.batches))
     inputs = {b: np.resize(pixels, (b, *pixels.shape[1:])) for b in run.batches}
-    from .backends.onnxruntime import runner
+    from .runtime import load as load_artefact
 
-    runners = {v.name: runner(v.path) for v in run.variants}
+    runners = {v.name: load_artefact(v.path) for v in run.variants}
     with tqdm(total=3 + run.reps, desc="timing (interleaved)", unit="rep", disable=not run.progress) as bar:
         timing = latency.measure(runners, inputs, warmup=3, reps=run.reps, progress=bar.update)
     full = run.cmodel.tokens_in
@@ -272,8 +327,14 @@ def check_variants(run: Run) -> None:
         r = results[v.name]
         r["tokens"] = token_stats(run.token_counts if v.vwt and run.token_counts else [full] * len(run.check_files))
         r["latency"] = timing[v.name]
-        r["energy"] = energy.measure_cpu_variant()
-        r["merge_share"] = merge_share(v.path, pixels[:4]) if v.vwt else None
+        if v.backend == "tensorrt":
+            from .runtime import load as load_artefact
+
+            f = load_artefact(v.path)
+            r["energy"] = energy.measure_gpu(lambda: f(inputs[max(run.batches)]), max(run.batches))
+        else:
+            r["energy"] = energy.measure_cpu_variant()
+        r["merge_share"] = merge_share(v.path, pixels[:4]) if v.vwt and v.backend != "tensorrt" else None
     run.report["variants"] = {v.name: {"file": v.path.name, "backend": v.backend, "precision": v.precision,
                                        "vwt": v.vwt, **results[v.name]} for v in run.variants}
     run.report["images"] = {"folder": str(folder), "count": len(run.check_files), "labelled": labels is not None,
@@ -388,7 +449,7 @@ def _settings(run: Run) -> dict[str, Any]:
     return settings
 
 
-STAGES = (validate_inputs, load, tokenizer, compress_model, export_onnx, quantize, check_torch, check_variants,
+STAGES = (validate_inputs, load, tokenizer, compress_model, export_onnx, quantize, build_engines, check_torch, check_variants,
           polygraphy_files, write_report, write_summary)
 
 
@@ -454,6 +515,10 @@ def _parse_model_args(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--skip-checks", is_flag=True, help="do not compare against the uncompressed model")
 @click.option("--skip-export", is_flag=True, help="do not write ONNX files (torch path only)")
 @click.option("--skip-int8", is_flag=True, help="do not build the INT8 variants")
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="ort: ONNX Runtime CPU variants; trt: also TensorRT engines (FP32, FP16, INT8)")
+@click.option("--trt-target", default=None, metavar="SM89",
+              help="TensorRT-RTX: build engines ahead of time for this compute capability (no GPU needed)")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="batch sizes timed, comma-separated")
 @click.option("--reps", type=click.IntRange(min=1), default=10, show_default=True, help="timed repetitions per variant and batch")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -465,7 +530,7 @@ def _parse_model_args(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--debug", is_flag=True, help="show tracebacks")
 @click.version_option(package_name="vwt-export")
 def command(model, mode, weights, model_args, calib, val, vocab_path, vocab_size, threshold, keep, space, prop_attn,
-         out, skip_checks, skip_export, skip_int8, batches, reps, batch_size, max_images, seed, device, demo, quiet, debug):
+         out, skip_checks, skip_export, skip_int8, backend, trt_target, batches, reps, batch_size, max_images, seed, device, demo, quiet, debug):
     """Compress the timm ViT MODEL (an alias such as deit_s, or a timm name) with the Visual Word Tokenizer.
 
     \b
@@ -488,7 +553,7 @@ def command(model, mode, weights, model_args, calib, val, vocab_path, vocab_size
             model_name=model, mode=mode, weights=weights or "pretrained", model_args=_parse_model_args(model_args),
             calib=calib, val=val, vocab_path=vocab_path, vocab_size=vocab_size, threshold=threshold,
             keep=_parse_keep(keep), space=space, prop_attn=prop_attn, out=out, skip_checks=skip_checks, skip_export=skip_export,
-            skip_int8=skip_int8, batches=_parse_batches(batches), reps=reps,
+            skip_int8=skip_int8, backend=backend, trt_target=trt_target, batches=_parse_batches(batches), reps=reps,
             batch_size=batch_size, max_images=max_images, seed=seed, device=device, progress=not quiet,
         )
         run_pipeline(run)

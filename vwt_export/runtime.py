@@ -17,12 +17,15 @@ from .errors import VWTError
 
 def load(path: str | os.PathLike, providers: Sequence[str] | None = None,
          threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """A callable for a .onnx file (the vwt op library is registered automatically when the graph needs it)."""
+    """A callable for a .onnx file (the vwt op library is registered automatically when the graph needs it) or a
+    .engine file (its JSON sidecar is checked against the running TensorRT, GPU and plugin library first)."""
     path = Path(path)
     if path.suffix == ".onnx":
         from .backends.onnxruntime import runner
 
         return runner(path, providers, threads)
     if path.suffix == ".engine":
-        raise VWTError(f"{path}: TensorRT engines are not supported by this version of vwt-export")
-    raise VWTError(f"{path}: unknown model format (expected .onnx)")
+        from .backends.tensorrt import load_engine
+
+        return load_engine(path)
+    raise VWTError(f"{path}: unknown model format (expected .onnx or .engine)")

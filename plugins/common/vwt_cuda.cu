@@ -136,11 +136,27 @@ template <class T> __device__ T from_f(float x);
 template <> __device__ float from_f<float>(float x) { return x; }
 template <> __device__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 
-// grid (P + M, B): block t of image b writes output token t.
+__global__ void max_groups_kernel(const int64_t* labels, int64_t count, int64_t* m) {
+  __shared__ int64_t best[kThreads];
+  int64_t mx = -1;
+  for (int64_t i = threadIdx.x; i < count; i += blockDim.x) mx = max(mx, labels[i]);
+  best[threadIdx.x] = mx;
+  __syncthreads();
+  for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) best[threadIdx.x] = max(best[threadIdx.x], best[threadIdx.x + s]);
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *m = best[0] + 1;
+}
+
+// grid (P + M, B): block t of image b writes output token t. With m_device set, M is read from the device and
+// the grid covers the upper bound P + N.
 template <class T>
-__global__ void merge(const T* tokens, const int64_t* labels, int64_t N, int64_t P, int64_t D, int64_t M, T* merged,
-                      float* sizes) {
+__global__ void merge(const T* tokens, const int64_t* labels, int64_t N, int64_t P, int64_t D, int64_t M_host, T* merged,
+                      float* sizes, const int64_t* m_device) {
+  const int64_t M = m_device ? *m_device : M_host;
   const int64_t b = blockIdx.y, t = blockIdx.x, T_in = P + N, T_out = P + M;
+  if (t >= T_out) return;
   T* out = merged + (b * T_out + t) * D;
   if (t < P) {
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) out[d] = tokens[(b * T_in + t) * D + d];
@@ -165,11 +181,12 @@ __global__ void merge(const T* tokens, const int64_t* labels, int64_t N, int64_t
 
 template <class T>
 void launch_merge(const T* tokens, const int64_t* labels, int64_t B, int64_t N, int64_t P, int64_t D, int64_t M,
-                  T* merged, float* sizes, cudaStream_t stream) {
-  if (B == 0 || P + M == 0) return;
+                  T* merged, float* sizes, cudaStream_t stream, const int64_t* m_device = nullptr) {
+  const int64_t blocks = m_device ? P + N : P + M;
+  if (B == 0 || blocks == 0) return;
   const int threads = D >= 256 ? 256 : (D >= 128 ? 128 : 64);
-  merge<T><<<dim3(static_cast<unsigned>(P + M), static_cast<unsigned>(B)), threads, 0, stream>>>(tokens, labels, N, P,
-                                                                                                   D, M, merged, sizes);
+  merge<T><<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(B)), threads, 0, stream>>>(
+      tokens, labels, N, P, D, M, merged, sizes, m_device);
   check(cudaGetLastError(), "token_merge");
 }
 
@@ -224,6 +241,22 @@ void group_counts(const int64_t* labels, int64_t B, int64_t N, int64_t* groups, 
   if (B == 0) return;
   groups_per_image<<<static_cast<unsigned>(B), kThreads, 0, stream>>>(labels, N, groups);
   check(cudaGetLastError(), "group_counts");
+}
+
+void max_groups(const int64_t* labels, int64_t B, int64_t N, int64_t* m, cudaStream_t stream) {
+  max_groups_kernel<<<1, kThreads, 0, stream>>>(labels, B * N, m);
+  check(cudaGetLastError(), "max_groups");
+}
+
+void token_merge_dds(const float* tokens, const int64_t* labels, int64_t B, int64_t N, int64_t P, int64_t D,
+                     const int64_t* m, float* merged, float* sizes, cudaStream_t stream) {
+  launch_merge<float>(tokens, labels, B, N, P, D, 0, merged, sizes, stream, m);
+}
+
+void token_merge_dds_half(const void* tokens, const int64_t* labels, int64_t B, int64_t N, int64_t P, int64_t D,
+                          const int64_t* m, void* merged, float* sizes, cudaStream_t stream) {
+  launch_merge<__half>(static_cast<const __half*>(tokens), labels, B, N, P, D, 0, static_cast<__half*>(merged), sizes,
+                       stream, m);
 }
 
 void token_merge(const float* tokens, const int64_t* labels, int64_t B, int64_t N, int64_t P, int64_t D, int64_t M,

@@ -22,6 +22,15 @@ int64_t max_label(const int64_t* labels, int64_t count, cudaStream_t stream);
 // Per image: groups = max label + 1, written to groups[B] (no synchronisation; for TensorRT's size tensor).
 void group_counts(const int64_t* labels, int64_t B, int64_t N, int64_t* groups, cudaStream_t stream);
 
+// For TensorRT, where nothing may synchronise: M = max label + 1 over the batch, written to *m on the device.
+void max_groups(const int64_t* labels, int64_t B, int64_t N, int64_t* m, cudaStream_t stream);
+// token_merge with M read on the device from *m: launched for the upper bound P+N output tokens; the blocks past
+// P+M return at once. Output rows are laid out with stride P+M, as TensorRT expects for a [B, P+M, D] tensor.
+void token_merge_dds(const float* tokens, const int64_t* labels, int64_t B, int64_t N, int64_t P, int64_t D,
+                     const int64_t* m, float* merged, float* sizes, cudaStream_t stream);
+void token_merge_dds_half(const void* tokens, const int64_t* labels, int64_t B, int64_t N, int64_t P, int64_t D,
+                          const int64_t* m, void* merged, float* sizes, cudaStream_t stream);
+
 // merged[B, P+M, D], sizes[B, P+M] <- tokens[B, P+N, D], labels[B, N]. Deterministic (no atomics).
 void token_merge(const float* tokens, const int64_t* labels, int64_t B, int64_t N, int64_t P, int64_t D, int64_t M,
                  float* merged, float* sizes, cudaStream_t stream);

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..backends.onnxruntime import create_session, needs_op_library
+from ..backends.onnxruntime import needs_op_library
 from ..data import iter_image_batches
 from .accuracy import accuracy, fidelity
 
@@ -30,12 +30,14 @@ class Variant:
 def outputs(variants: Sequence[Variant], files: Sequence[Path], transform, batch_size: int,
             progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """{variant: logits [images, classes]}; the images are decoded once and fed to every variant."""
-    runners = {v.name: create_session(v.path) for v in variants}
+    from ..runtime import load
+
+    runners = {v.name: load(v.path) for v in variants}
     results: dict[str, list[np.ndarray]] = {v.name: [] for v in variants}
     for pixels, _ in iter_image_batches(files, transform, batch_size, progress=progress):
         x = pixels.numpy()
-        for name, session in runners.items():
-            results[name].append(session.run(None, {session.get_inputs()[0].name: x})[0])
+        for name, run in runners.items():
+            results[name].append(run(x))
     return {name: np.concatenate(r) for name, r in results.items()}
 
 

@@ -101,11 +101,16 @@ def token_merge_function() -> onnx.FunctionProto:
     b("Unsqueeze", [p_scalar, b.const("ax0", [0], np.int64)], "p")
     b("Slice", ["tokens", zero1, "p", ax1], "prefix")
     b("Cast", [b("Slice", ["tokens", "p", big, ax1], "patches")], "patches_f", to=TensorProto.FLOAT)
-    # M = number of groups of the longest image; one-hot membership [B, N, M]
-    b("Add", [b("ReduceMax", ["labels"], "max_label", keepdims=0), b.const("one_i", 1, np.int64)], "m")
-    b("OneHot", ["labels", "m", b.const("off_on", [0.0, 1.0], np.float32)], "member", axis=-1)
-    b("ReduceSum", ["member", ax1], "counts", keepdims=0)  # [B, M]; 0 for padding
-    b("MatMul", [b("Transpose", ["member"], "member_t", perm=[0, 2, 1]), "patches_f"], "sums")  # [B, M, D]
+    # one-hot membership [B, N, N]: N (static) bounds the number of groups, and TensorRT needs OneHot's depth
+    # at build time; the first M = max label + 1 groups are kept
+    b("Slice", [b("Shape", ["labels"], "labels_shape"), b.const("s1", [1], np.int64), b.const("s2", [2], np.int64)], "n")
+    b("OneHot", ["labels", "n", b.const("off_on", [0.0, 1.0], np.float32)], "member", axis=-1)
+    b("ReduceSum", ["member", ax1], "counts_n", keepdims=0)  # [B, N]; 0 for unused groups
+    b("MatMul", [b("Transpose", ["member"], "member_t", perm=[0, 2, 1]), "patches_f"], "sums_n")  # [B, N, D]
+    b("Add", [b("ReduceMax", ["labels"], "max_label", keepdims=1, noop_with_empty_axes=0), b.const("one_i", 1, np.int64)], "m_2d")
+    b("Reshape", ["m_2d", b.const("one_shape", [1], np.int64)], "m")
+    b("Slice", ["counts_n", zero1, "m", ax1], "counts")  # [B, M]
+    b("Slice", ["sums_n", zero1, "m", ax1], "sums")  # [B, M, D]
     b("Max", ["counts", b.const("one_f", 1.0, np.float32)], "den")
     b("Div", ["sums", b("Unsqueeze", ["den", b.const("last", [-1], np.int64)], "den3")], "means_f")
     b("CastLike", ["means_f", "tokens"], "means")

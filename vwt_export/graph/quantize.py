@@ -2,7 +2,8 @@
 
 onnxruntime.quantization's static QDQ quantizer, configured as TensorRT wants explicit quantization:
 symmetric INT8 (zero point 0) activations and weights, per-channel weights, Q/DQ on the inputs of MatMul, Gemm
-and Conv (the ops TensorRT fuses them into), MinMax calibration on the --calib images. The same file runs on
+and Conv (the ops TensorRT fuses them into), float biases (TensorRT dequantizes no int32), MinMax calibration on
+the --calib images. The same file runs on
 ONNX Runtime's CPU provider today and is meant for TensorRT's strongly typed networks later.
 
 nvidia-modelopt's ONNX PTQ was not used: it pins its own torch/onnxruntime requirements and does not install
@@ -30,8 +31,9 @@ QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
 
 
 def quantize_int8(model: onnx.ModelProto, calib_batches: Iterable[np.ndarray], input_name: str = "pixels",
-                  progress: Callable[[int], None] | None = None) -> onnx.ModelProto:
-    """Return `model` with Q/DQ nodes, calibrated on `calib_batches` (float32 [B, C, H, W])."""
+                  progress: Callable[[int], None] | None = None, portable: bool = False) -> onnx.ModelProto:
+    """Return `model` with Q/DQ nodes, calibrated on `calib_batches` (float32 [B, C, H, W]). With `portable`,
+    the vwt ops keep their standard-op bodies (as model.vwt.portable.onnx does)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     had_functions = len(model.functions) > 0
@@ -61,12 +63,13 @@ def quantize_int8(model: onnx.ModelProto, calib_batches: Iterable[np.ndarray], i
             quantize_static(
                 str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=QUANTIZED_OPS,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                # biases stay float: TensorRT dequantizes only 8-bit (and smaller) integers, not int32
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
             )
         finally:
             root.setLevel(level)
         out = onnx.load(str(dst))
-    if not had_functions:
+    if not (had_functions or portable):
         del out.functions[:]
     out.ir_version = model.ir_version
     return out

@@ -1,0 +1,261 @@
+"""TensorRT engines: build from the ONNX files, describe them in a JSON sidecar, load them back safely.
+
+    build_engine("OUT/model.vwt.onnx", "OUT/model.vwt.fp32.engine", BuildSettings(precision="fp32", batches=[1, 8]))
+    f = vwt_export.runtime.load("OUT/model.vwt.fp32.engine")     # checks the sidecar first; f(pixels) -> logits
+
+Networks are strongly typed: FP32 engines from the FP32 graphs, INT8 engines from the explicit Q/DQ graphs (no
+implicit INT8 calibrators). FP16 uses the builder's FP16 flag on a weakly typed network where the TensorRT
+release still offers it (TensorRT 10); releases that only build strongly typed networks refuse it with a clear
+error. Works with TensorRT 10 and 11 (`tensorrt`) and TensorRT-RTX (`tensorrt_rtx`, which can build on a machine
+without a GPU for a named compute capability).
+
+Verified in this project: building FP32/INT8 engines from model.onnx, model.vwt.portable.onnx and the Q/DQ
+graphs with TensorRT-RTX 1.7 on a CPU-only machine (tests/backends/test_tensorrt.py), and the sidecar checks.
+Not verified (no TensorRT GPU machine was available): running engines (`load_engine`), FP16, the plugin path
+(model.vwt.onnx with libvwt_trt_plugin.so), TensorRT 10/11 proper.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..atomic import atomic_path, write_text
+from ..errors import VWTError
+
+SIDECAR_FORMAT, SIDECAR_VERSION = "vwt-export/engine", 1
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def import_tensorrt() -> tuple[Any, str]:
+    """(module, flavour): TensorRT proper first, then TensorRT-RTX; a clear error when neither is installed."""
+    try:
+        import tensorrt as trt
+
+        return trt, "tensorrt"
+    except ImportError:
+        pass
+    try:
+        import tensorrt_rtx as trt
+
+        return trt, "tensorrt-rtx"
+    except ImportError:
+        raise VWTError("TensorRT is not installed: `pip install tensorrt` (TensorRT 10/11, needs NVIDIA's package "
+                       "index) or `pip install tensorrt-rtx`; the ONNX Runtime backend works without it") from None
+
+
+def sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class BuildSettings:
+    precision: str = "fp32"
+    batches: list[int] = field(default_factory=lambda: [1, 8])
+    workspace_mib: int = 2048
+    compute_capability: str | None = None  # TensorRT-RTX ahead-of-time target, e.g. "SM89"; None = this GPU
+    plugin_library: str | None = None
+    timing_cache: str | None = None
+
+    def profile(self) -> tuple[int, int, int]:
+        b = sorted(self.batches)
+        return b[0], b[len(b) // 2], b[-1]
+
+
+def _needs_plugin(onnx_path: Path) -> bool:
+    import onnx
+
+    from .onnxruntime import needs_op_library
+
+    return needs_op_library(onnx.load(str(onnx_path), load_external_data=False))
+
+
+def plugin_library() -> Path:
+    """libvwt_trt_plugin.so, built by `make setup` where TensorRT and nvcc exist (VWT_TRT_PLUGIN overrides)."""
+    from ..plugins import check_library_version
+
+    env = os.environ.get("VWT_TRT_PLUGIN")
+    here = Path(__file__).resolve().parents[1]
+    for p in ([Path(env)] if env else [here / "lib" / "libvwt_trt_plugin.so",
+                                       here.parent / "build" / "plugins" / "tensorrt" / "libvwt_trt_plugin.so"]):
+        if p.is_file():
+            check_library_version(p)
+            return p
+    raise VWTError("the vwt TensorRT plugin library is not built (it needs TensorRT headers: set TENSORRT_ROOT and "
+                   "run `make setup`); or build from model.vwt.portable.onnx, which needs no plugin")
+
+
+def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, settings: BuildSettings) -> Path:
+    """Parse, build and write `engine_path` and its sidecar `engine_path + .json` atomically."""
+    trt, flavour = import_tensorrt()
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if settings.precision not in PRECISIONS:
+        raise VWTError(f"unknown precision '{settings.precision}' (use one of {', '.join(PRECISIONS)})")
+    logger = trt.Logger(trt.Logger.ERROR)
+    if _needs_plugin(onnx_path):
+        settings.plugin_library = str(settings.plugin_library or plugin_library())
+        trt.get_plugin_registry().load_library(settings.plugin_library)
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly_typed = settings.precision != "fp16"
+    if strongly_typed:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    elif not hasattr(trt.BuilderFlag, "FP16"):
+        raise VWTError(f"{flavour} {trt.__version__} builds only strongly typed networks: FP16 needs an FP16 ONNX graph")
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)).splitlines()[0] for i in range(min(parser.num_errors, 3)))
+        raise VWTError(f"{onnx_path}: TensorRT's ONNX parser refused it: {errors}")
+    config = builder.create_builder_config()
+    if hasattr(config, "set_memory_pool_limit"):
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
+    if not strongly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if settings.compute_capability:
+        if not hasattr(config, "set_compute_capability"):
+            raise VWTError(f"{flavour} cannot build for another GPU (compute_capability is a TensorRT-RTX feature)")
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(getattr(trt.ComputeCapability, settings.compute_capability.upper()), 0)
+    lo, opt, hi = settings.profile()
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        rest = tuple(t.shape)[1:]
+        profile.set_shape(t.name, (lo, *rest), (opt, *rest), (hi, *rest))
+    config.add_optimization_profile(profile)
+    cache = None
+    if settings.timing_cache and hasattr(config, "create_timing_cache"):
+        data = Path(settings.timing_cache).read_bytes() if Path(settings.timing_cache).is_file() else b""
+        cache = config.create_timing_cache(data)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    if settings.plugin_library and hasattr(config, "plugins_to_serialize"):
+        config.plugins_to_serialize = [settings.plugin_library]
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise VWTError(f"{onnx_path}: TensorRT could not build an engine (run with TensorRT's verbose log to see why)")
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    if cache is not None:
+        with atomic_path(settings.timing_cache) as tmp:
+            tmp.write_bytes(bytes(cache.serialize()))
+    write_text(sidecar_path(engine_path), json.dumps(make_sidecar(onnx_path, settings, trt, flavour), indent=2) + "\n")
+    return engine_path
+
+
+def sidecar_path(engine_path: str | os.PathLike) -> Path:
+    return Path(str(engine_path) + ".json")
+
+
+def make_sidecar(onnx_path: Path, settings: BuildSettings, trt, flavour: str) -> dict:
+    from .. import __version__
+
+    gpu = settings.compute_capability and {"name": None, "compute_capability": settings.compute_capability.upper()}
+    return {
+        "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tensorrt": {"flavour": flavour, "version": trt.__version__},
+        "gpu": gpu or current_gpu(),
+        "plugin_library": ({"path": settings.plugin_library, "sha256": sha256(settings.plugin_library)}
+                           if settings.plugin_library else None),
+        "onnx": {"file": onnx_path.name, "sha256": sha256(onnx_path)},
+        "build": asdict(settings), "vwt_export": __version__,
+    }
+
+
+def current_gpu() -> dict:
+    """Name and compute capability of CUDA device 0, as SM<major><minor>; a clear error without one."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability(0)
+            return {"name": torch.cuda.get_device_name(0), "compute_capability": f"SM{major}{minor}"}
+    except ImportError:
+        pass
+    raise VWTError("no CUDA GPU is visible: TensorRT engines run only on the GPU they were built for")
+
+
+def read_sidecar(engine_path: str | os.PathLike) -> dict:
+    path = sidecar_path(engine_path)
+    if not Path(engine_path).is_file():
+        raise VWTError(f"{engine_path}: no such engine file")
+    if not path.is_file():
+        raise VWTError(f"{path}: missing; an engine without its sidecar cannot be checked, rebuild it with vwt-export")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VWTError(f"{path}: corrupt sidecar ({e}); rebuild the engine") from None
+    if data.get("format") != SIDECAR_FORMAT or not isinstance(data.get("tensorrt"), dict):
+        raise VWTError(f"{path}: not a vwt-export engine sidecar")
+    return data
+
+
+def check_sidecar(sidecar: dict, running: dict, engine: str = "engine") -> None:
+    """Refuse an engine built for another TensorRT, GPU or plugin library, naming both sides and the fix.
+
+    `running`: {"tensorrt": {"flavour", "version"}, "gpu": {"compute_capability", ...}, "plugin_sha256": str|None}.
+    """
+    built, here = sidecar["tensorrt"], running["tensorrt"]
+    if (built["flavour"], built["version"]) != (here["flavour"], here["version"]):
+        raise VWTError(f"{engine}: built with {built['flavour']} {built['version']} but {here['flavour']} "
+                       f"{here['version']} is loaded; engines are not portable across versions, rebuild it")
+    cc_built, cc_here = sidecar["gpu"]["compute_capability"], running["gpu"]["compute_capability"]
+    if cc_built != cc_here:
+        raise VWTError(f"{engine}: built for {cc_built} but this GPU is {cc_here} ({running['gpu'].get('name')}); "
+                       "rebuild it on (or for) this GPU")
+    plugin = sidecar.get("plugin_library")
+    if plugin and plugin["sha256"] != running.get("plugin_sha256"):
+        raise VWTError(f"{engine}: built with another vwt plugin library (sha256 {plugin['sha256'][:12]}, loaded "
+                       f"{str(running.get('plugin_sha256'))[:12]}); rebuild the engine or use the library it was built with")
+
+
+def load_engine(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
+    """A callable f(pixels float32 [B, C, H, W]) -> logits for a vwt-export engine. UNVERIFIED (no GPU here)."""
+    sidecar = read_sidecar(path)
+    trt, flavour = import_tensorrt()
+    plugin = sidecar.get("plugin_library")
+    plugin_path = None
+    if plugin:
+        plugin_path = str(plugin_library())
+        trt.get_plugin_registry().load_library(plugin_path)
+    running = {"tensorrt": {"flavour": flavour, "version": trt.__version__}, "gpu": current_gpu(),
+               "plugin_sha256": sha256(plugin_path) if plugin_path else None}
+    check_sidecar(sidecar, running, str(path))
+    import torch
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(path).read_bytes())
+    if engine is None:
+        raise VWTError(f"{path}: corrupt or truncated engine; rebuild it with vwt-export")
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).cuda()
+        context.set_input_shape(inputs[0], tuple(x.shape))
+        context.set_tensor_address(inputs[0], x.data_ptr())
+        out = {}
+        for n in outputs:
+            out[n] = torch.empty(tuple(context.get_tensor_shape(n)), dtype=torch.float32, device="cuda")
+            context.set_tensor_address(n, out[n].data_ptr())
+        stream = torch.cuda.current_stream()
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise VWTError(f"{path}: TensorRT failed to run the engine")
+        stream.synchronize()
+        return out[outputs[0]].cpu().numpy()
+
+    return run

@@ -37,9 +37,9 @@ def quantize_int8(model: onnx.ModelProto, calib_batches: Iterable[np.ndarray], i
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     had_functions = len(model.functions) > 0
-    portable = onnx.ModelProto()
-    portable.CopyFrom(model)
-    ops.add_portable_functions(portable)
+    with_bodies = onnx.ModelProto()  # calibration runs the vwt ops through their portable bodies
+    with_bodies.CopyFrom(model)
+    ops.add_portable_functions(with_bodies)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -55,7 +55,7 @@ def quantize_int8(model: onnx.ModelProto, calib_batches: Iterable[np.ndarray], i
 
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        onnx.save(portable, str(src))
+        onnx.save(with_bodies, str(src))
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.ERROR)  # the quantizer's advice to pre-process is about CNNs, not these graphs

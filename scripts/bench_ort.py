@@ -17,6 +17,7 @@ Default inputs are the built-in synthetic scenes (flat areas and textured object
 from __future__ import annotations
 
 import argparse
+import bisect
 import statistics
 import sys
 import tempfile
@@ -67,11 +68,8 @@ def ideal_model(vwt: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def kernel_time_ms(model: onnx.ModelProto, feeds: dict, reps: int, only: tuple[str, ...] = ()) -> float:
-    """Median time of the graph's kernels alone (ONNX Runtime's profiler), without session overhead: for the
-    portable form, the sum over the standard-op nodes its function body became."""
-    import json
-
+def profiled_session(model: onnx.ModelProto):
+    """An ONNX Runtime session whose profiler records every kernel's time, read back by `kernel_times`."""
     import onnxruntime as ort
 
     from vwt_export.backends.onnxruntime import needs_op_library
@@ -82,19 +80,43 @@ def kernel_time_ms(model: onnx.ModelProto, feeds: dict, reps: int, only: tuple[s
     so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
     if needs_op_library(model):
         so.register_custom_ops_library(str(ort_library()))
-    session = ort.InferenceSession(model.SerializeToString(), so)
+    return ort.InferenceSession(model.SerializeToString(), so)
+
+
+def kernel_times(session) -> list[dict[str, float]]:
+    """Ends the session's profile. Per run, in run order: milliseconds of kernel time by op type, without
+    session overhead (a portable form's time is that of the standard-op nodes its function body became)."""
+    import json
+
+    events = json.loads(Path(session.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    per_run: list[dict[str, float]] = [{} for _ in starts]
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            run = per_run[bisect.bisect_right(starts, e["ts"]) - 1]
+            op = e.get("args", {}).get("op_name", "?")
+            run[op] = run.get(op, 0.0) + e["dur"] / 1e3
+    return per_run
+
+
+def kernel_time_ms(model: onnx.ModelProto, feeds: dict, reps: int) -> float:
+    """Median kernel time of one graph on one input, after 3 warm-up runs."""
+    session = profiled_session(model)
     for _ in range(3 + reps):
         session.run(None, feeds)
-    events = json.loads(Path(session.end_profiling()).read_text())
-    per_run: dict[int, float] = {}
-    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and (
-                not only or e.get("args", {}).get("op_name") in only):
-            i = sum(1 for t in runs if t <= e["ts"]) - 1
-            per_run[i] = per_run.get(i, 0.0) + e["dur"]
-    measured = [per_run.get(i, 0.0) for i in range(len(runs))][3:]  # skip warm-up runs
-    return statistics.median(measured) / 1e3
+    return statistics.median(sum(run.values()) for run in kernel_times(session)[3:])
+
+
+def per_input_median(runs: list[float], inputs: int) -> float:
+    """Runs made as rounds over `inputs` inputs -> the mean over inputs of each input's median over rounds."""
+    return statistics.fmean(statistics.median(runs[i::inputs]) for i in range(inputs))
+
+
+def rotated(names: list[str], k: int) -> list[str]:
+    """The run order for round k: each variant goes first, second, ... equally often, so neither cache state
+    nor turbo drift favours one."""
+    k %= len(names)
+    return names[k:] + names[:k]
 
 
 def timed(fn) -> float:
@@ -140,22 +162,29 @@ def main() -> None:
         for name, s in sessions.items():
             s.run(None, f[name])
     times = {name: [[] for _ in feeds] for name in sessions}
-    for _ in range(args.reps):
+    for rep in range(args.reps):
         for i, f in enumerate(feeds):
-            for name, s in sessions.items():
-                times[name][i].append(timed(lambda: s.run(None, f[name])))
+            for name in rotated(list(sessions), rep + i):
+                times[name][i].append(timed(lambda: sessions[name].run(None, f[name])))
     med = {name: sum(statistics.median(t) for t in per) / len(per) * 1e3 for name, per in times.items()}
     # per image, the median over repetitions of vwt / ideal measured back to back: robust to drift
     ratio = statistics.median(statistics.median(v / i for v, i in zip(times["vwt"][k], times["ideal"][k]))
                               for k in range(len(feeds)))
 
     # the same comparison in kernel time (ONNX Runtime's profiler): free of session and allocator overheads,
-    # which on this 2-core VM differ between the graphs by more than the ops cost
+    # which on this 2-core VM differ between the graphs by more than the ops cost. Interleaved as in part 1.
     models_ = {"baseline": base, "vwt": vwt, "ideal": ideal_model(vwt)}
-    kernel = {name: statistics.fmean(kernel_time_ms(models_[name], f[name], max(3, args.reps // 4)) for f in feeds[:8])
-              for name in models_}
-    ops_only = statistics.fmean(kernel_time_ms(vwt, f["vwt"], max(3, args.reps // 4), (ops.WORD_LABELS, ops.TOKEN_MERGE))
-                                for f in feeds[:8])
+    profiled = {name: profiled_session(m) for name, m in models_.items()}
+    kfeeds = feeds[:8]
+    rounds = max(5, args.reps // 2)
+    for rep in range(1 + rounds):  # the first round warms up
+        for i, f in enumerate(kfeeds):
+            for name in rotated(list(profiled), rep + i):
+                profiled[name].run(None, f[name])
+    by_op = {name: kernel_times(s)[len(kfeeds):] for name, s in profiled.items()}
+    kernel = {name: per_input_median([sum(r.values()) for r in runs], len(kfeeds)) for name, runs in by_op.items()}
+    ops_only = per_input_median([r.get(ops.WORD_LABELS, 0.0) + r.get(ops.TOKEN_MERGE, 0.0) for r in by_op["vwt"]],
+                                len(kfeeds))
 
     # ---- part 2: the ops at batch 32 -------------------------------------------------------------------------
     b32 = np.concatenate([x] * (32 // len(x) + 1))[:32]

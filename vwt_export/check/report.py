@@ -99,15 +99,19 @@ def plots(report: dict, folder: Path) -> list[str]:
     written = []
     variants = report["variants"]
     labelled = report["images"]["labelled"]
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = plt.subplots(figsize=(6, 4))
+    # the smallest batch timed (JSON turns the batch keys into strings)
+    batch = min((int(b) for v in variants.values() for b in v["latency"]), default=1)
     for name, v in variants.items():
-        lat = v["latency"].get(1) or v["latency"].get("1")
+        lat = v["latency"].get(batch) or v["latency"].get(str(batch))
         if not lat:
             continue
         y = (v["accuracy"] or {}).get("top1") if labelled else v["fidelity"]["top1_agreement"]
         ax.scatter(lat["p50_ms"], y * 100)
         ax.annotate(name, (lat["p50_ms"], y * 100), textcoords="offset points", xytext=(5, 5))
-    ax.set_xlabel("p50 latency at batch 1 (ms, ONNX Runtime CPU)")
+    ax.set_xlabel(f"p50 latency at batch {batch} (ms)")
     ax.set_ylabel("top-1 accuracy (%)" if labelled else "top-1 agreement with FP32 (%)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -121,6 +125,7 @@ def plots(report: dict, folder: Path) -> list[str]:
     ax.axvline(report["model"]["tokens_in"], color="k", linestyle="--", label="uncompressed")
     ax.set_xlabel("tokens per image")
     ax.set_ylabel("images")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
     written.append(_save(fig, folder / "tokens.png"))

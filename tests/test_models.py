@@ -100,10 +100,16 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 
 def _python(code, env):
-    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True)
+    base = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_ENDPOINT")}
+    return subprocess.run([sys.executable, "-c", code], env={**base, **env}, capture_output=True, text=True)
 
 
-def test_pretrained_comes_from_the_hub_cache_offline(tmp_path):
+# Two ways to be offline: saying so, or a hub whose name does not resolve (.invalid never does, RFC 6761).
+OFFLINE = {"declared": {"HF_HUB_OFFLINE": "1"}, "unreachable": {"HF_ENDPOINT": "https://hub.invalid"}}
+
+
+@pytest.mark.parametrize("offline", OFFLINE)
+def test_pretrained_comes_from_the_hub_cache_offline(tmp_path, offline):
     """timm's real hub path: a checkpoint laid out as huggingface_hub caches it loads with HF_HUB_OFFLINE=1."""
     sd = _trained_state(num_classes=1000)  # timm drops a classifier whose size differs from the hub's
     repo = tmp_path / "hub" / "models--timm--deit_tiny_patch16_224.fb_in1k"
@@ -120,14 +126,19 @@ def test_pretrained_comes_from_the_hub_cache_offline(tmp_path):
         "assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())\n"
         "print('ok', m.vwt_weights)\n"
     )
-    r = _python(code, {"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    r = _python(code, {"HF_HOME": str(tmp_path), **OFFLINE[offline]})
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "Retrying" not in r.stderr
     assert "ok pretrained" in r.stdout
 
 
-def test_pretrained_offline_without_cache_names_the_fix(tmp_path):
+@pytest.mark.parametrize("offline", OFFLINE)
+def test_pretrained_offline_without_cache_names_the_fix(tmp_path, offline):
     code = "import vwt_export as vx\nvx.load_model('deit_t', weights='pretrained')\n"
-    r = _python(code, {"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
+    r = _python(code, {"HF_HOME": str(tmp_path), **OFFLINE[offline]})
     assert r.returncode != 0
+    assert "Retrying" not in r.stderr  # no minute of back-off against a host that does not exist
+    if offline == "unreachable":
+        assert "the hub is unreachable: hub.invalid does not resolve" in r.stderr
     assert "could not get pretrained weights for deit_tiny_patch16_224" in r.stderr
     assert "--weights PATH" in r.stderr

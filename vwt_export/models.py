@@ -12,6 +12,8 @@ Weights are one of:
 
 from __future__ import annotations
 
+import contextlib
+
 import difflib
 import functools
 import importlib
@@ -110,15 +112,52 @@ def load_model(
     return model.eval().to(device)
 
 
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached, when its host name does not even resolve (no network);
+    None when it may be reachable, or when a proxy resolves names for us."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        return f"{host} does not resolve ({e.strerror or e})"
+    return None
+
+
+@contextlib.contextmanager
+def _hub_cache_only():
+    """huggingface_hub's offline mode for the duration of the block. Its switch is read once at import from
+    HF_HUB_OFFLINE, so the constant is set directly (and restored): otherwise an unreachable hub is retried with
+    back-off for about 50 seconds, with a warning per try, before the cache is consulted."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
 def _create_pretrained(timm_name: str, timm_kwargs: dict) -> torch.nn.Module:
     import timm
 
+    unreachable = _hub_unreachable()
     try:
-        return timm.create_model(timm_name, pretrained=True, **timm_kwargs)
+        with _hub_cache_only() if unreachable else contextlib.nullcontext():
+            return timm.create_model(timm_name, pretrained=True, **timm_kwargs)
     except TypeError:
         raise
     except Exception as e:  # hub, network and cache errors come in many types
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if unreachable:
+            reason = f"not in the local cache, and the hub is unreachable: {unreachable}"
         raise VWTError(
             f"could not get pretrained weights for {timm_name} ({type(e).__name__}: {reason[:200]}). "
             "Without network access: download them once elsewhere into the Hugging Face cache "

@@ -110,3 +110,25 @@ def test_bad_input_gives_one_clear_line_and_keeps_existing_files(tmp_path, image
         assert lines and lines[-1].startswith("error: ") and msg in lines[-1], (name, err)
         assert "Traceback" not in err, name
         assert (out / "vocab.safetensors").read_bytes() == b"precious", name
+
+
+def test_trt_backend_builds_every_engine_ahead_of_time(tmp_path, images, capsys):
+    """--backend trt with TensorRT-RTX on this GPU-less machine: the FP16 graphs are written and verified, and all
+    six strongly typed engines are built for SM89 with sidecars; running them is reported as not measured."""
+    pytest.importorskip("tensorrt_rtx", reason="the tensorrt-rtx wheel is not installed; TensorRT cannot be "
+                        "installed in this workplace")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(TINY + ["--weights", "random", "--calib", str(images), "--vocab-size", "16",
+                                        "--backend", "trt", "--trt-target", "SM89", "--batch", "1,2", "--reps", "1",
+                                        "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("model_fp16", "vwt_fp16", "vwt_fp16_portable"):
+        assert summary["onnx"][key]["verified"] and summary["onnx"][key]["max_rel_err"] < 1e-2, key
+    for stem in ("model", "model.vwt"):
+        for precision in ("fp32", "fp16", "int8"):
+            sidecar = json.loads((out / f"{stem}.{precision}.engine.json").read_text())
+            assert sidecar["build"]["precision"] == precision and sidecar["gpu"]["compute_capability"] == "SM89"
+    report = json.loads((out / "report.json").read_text())
+    assert any("TensorRT engines" in m["what"] and "SM89" in m["why"] for m in report["not_measured"])
+    assert "TensorRT: " not in err  # no spurious TensorRT errors when building ahead of time

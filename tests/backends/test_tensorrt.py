@@ -69,19 +69,28 @@ def graphs(tmp_path_factory, op_library):
     vocab = vx.learn_vocabulary(model, [x], size=8, progress=False)
     base = export_model(model)
     vwt = apply_vwt(base, "inter", vocab=vocab.words.numpy(), threshold=0.3)
+    half = export_model(model, precision="fp16")
     batches = [x[:4].numpy(), x[4:].numpy()]
     files = {
         "model.onnx": base, "model.vwt.portable.onnx": make_portable(vwt),
+        "model.fp16.onnx": half,
+        "model.vwt.fp16.portable.onnx": make_portable(apply_vwt(half, "inter", vocab=vocab.words.numpy(), threshold=0.3)),
         "model.int8.onnx": quantize_int8(base, batches),
         "model.vwt.int8.portable.onnx": quantize_int8(vwt, batches, portable=True),
     }
     return {name: save_model(proto, out / name) for name, proto in files.items()}
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "model.vwt.portable.onnx", "model.int8.onnx", "model.vwt.int8.portable.onnx"])
+def _precision(name):
+    return next((p for p in ("fp16", "int8") if p in name), "fp32")
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.vwt.portable.onnx", "model.fp16.onnx", "model.vwt.fp16.portable.onnx",
+                                  "model.int8.onnx", "model.vwt.int8.portable.onnx"])
 def test_tensorrt_rtx_parses_and_builds_the_exported_graphs(graphs, name, tmp_path):
+    assert vtrt.graph_precision(graphs[name]) == _precision(name)
     engine = tmp_path / (name.replace(".onnx", "") + ".engine")
-    settings = vtrt.BuildSettings(precision="int8" if "int8" in name else "fp32", batches=[1, 4],
+    settings = vtrt.BuildSettings(precision=_precision(name), batches=[1, 4],
                                   compute_capability="SM89", timing_cache=str(tmp_path / "timing.cache"))
     vtrt.build_engine(graphs[name], engine, settings)
     assert engine.stat().st_size > 10_000
@@ -103,3 +112,11 @@ def test_custom_op_graph_without_the_plugin_is_a_clear_error(graphs, tmp_path, m
     onnx.save(m, str(vwt))
     with pytest.raises(vx.VWTError, match="TensorRT plugin library is not built"):
         vtrt.build_engine(vwt, tmp_path / "x.engine", vtrt.BuildSettings(compute_capability="SM89"))
+
+
+def test_an_engine_takes_its_graphs_precision(graphs, tmp_path):
+    """Strongly typed: asking for FP16 from the FP32 graph is refused, naming the graph to use instead."""
+    with pytest.raises(vx.VWTError, match="is an FP32 graph.*not FP16.*model.fp16.onnx"):
+        vtrt.build_engine(graphs["model.onnx"], tmp_path / "x.engine", vtrt.BuildSettings(precision="fp16",
+                                                                                          compute_capability="SM89"))
+    assert not (tmp_path / "x.engine").exists()

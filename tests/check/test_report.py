@@ -46,7 +46,7 @@ def test_report_json_follows_the_schema(run_dir):
     assert report["variants"]["fp32"]["fidelity"]["top1_agreement"] == 1.0
     assert report["model"]["weights_meaningful"] is False
     whats = {x["what"] for x in report["not_measured"]}
-    assert {"energy", "FP16 variants"} <= whats
+    assert {"energy", "FP16 variants on ONNX Runtime CPU"} <= whats
 
 
 def test_report_md_and_plots(run_dir):

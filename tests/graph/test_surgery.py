@@ -133,3 +133,40 @@ def test_a_graph_that_is_not_a_vit_is_refused():
     torch.onnx.export(conv, (torch.randn(1, 3, 8, 8),), buf, dynamo=False, opset_version=18, input_names=["pixels"])
     with pytest.raises(vx.VWTError, match="no patch-embedding convolution"):
         apply_vwt(onnx.load_from_string(buf.getvalue()), "intra", keep=4)
+
+
+@pytest.mark.filterwarnings("ignore:embedding-space vocabulary was learned with other")  # the float16 copy's, rounded
+@pytest.mark.parametrize("name", ["p16_avg", "p14_distilled"])
+def test_fp16_graphs_match_the_fp16_torch_model(tiny_models, name, op_library):
+    """model.fp16.onnx and its VWT twins: float32 in and out, float16 inside, equal to the float16 torch model
+    within float16 rounding; image-space labels come from the float32 pixels, so they stay exact."""
+    from vwt_export.graph.export import cast_model
+
+    model = tiny_models[name]
+    half = cast_model(model, "fp16")
+    base = export_model(model, precision="fp16")
+    inits = {onnx.helper.tensor_dtype_to_np_dtype(t.data_type) for t in base.graph.initializer if t.dims}
+    assert np.dtype(np.float16) in inits and np.dtype(np.float32) not in inits
+    assert [i.type.tensor_type.elem_type for i in (*base.graph.input, *base.graph.output)] == [onnx.TensorProto.FLOAT] * 2
+    x = images(model, 8, seed=8)
+    with torch.no_grad():
+        assert rel_err(create_session(base).run(None, {"pixels": x.numpy()})[0], half(x.half()).float().numpy()) < 1e-2
+    for space in ("image", "embed"):
+        vocab = vx.learn_vocabulary(model, [images(model, 8, seed=9)], size=16, space=space, progress=False)
+        with torch.no_grad():
+            f = torch.nn.functional.normalize(patch_features(model, x, space, model.patch_embed.patch_size[0]), dim=-1)
+        thr = float((1 - f @ torch.nn.functional.normalize(vocab.words, dim=-1).T).min(-1).values.quantile(0.5))
+        k = model.patch_embed.num_patches // 2
+        for mode, kw in (("inter", {"vocab": vocab, "threshold": thr}), ("intra", {"keep": k, "space": space})):
+            cmodel = vx.compress(half, mode, **kw)
+            with torch.no_grad():
+                expected = cmodel(x).float().numpy()
+            vwt = apply_vwt(base, mode, vocab=vocab.words.numpy(), threshold=thr, keep=k, space=space,
+                            pooling=model.global_pool)
+            for form in (vwt, make_portable(vwt)):
+                got = create_session(form).run(None, {"pixels": x.numpy()})[0]
+                assert rel_err(got, expected) < 1e-2, (space, mode)
+            if mode == "inter" and space == "image":
+                labels = create_session(with_labels_output(vwt)).run(None, {"pixels": x.numpy()})[1]
+                np.testing.assert_array_equal(labels, vx.vwt.word_labels(f, torch.nn.functional.normalize(vocab.words, dim=-1), thr).numpy())
+                assert len(set(cmodel.last_token_counts.tolist())) > 1, "the batch should need padding"

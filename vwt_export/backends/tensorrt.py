@@ -3,16 +3,16 @@
     build_engine("OUT/model.vwt.onnx", "OUT/model.vwt.fp32.engine", BuildSettings(precision="fp32", batches=[1, 8]))
     f = vwt_export.runtime.load("OUT/model.vwt.fp32.engine")     # checks the sidecar first; f(pixels) -> logits
 
-Networks are strongly typed: FP32 engines from the FP32 graphs, INT8 engines from the explicit Q/DQ graphs (no
-implicit INT8 calibrators). FP16 uses the builder's FP16 flag on a weakly typed network where the TensorRT
-release still offers it (TensorRT 10); releases that only build strongly typed networks refuse it with a clear
-error. Works with TensorRT 10 and 11 (`tensorrt`) and TensorRT-RTX (`tensorrt_rtx`, which can build on a machine
-without a GPU for a named compute capability).
+Networks are strongly typed, so an engine's precision is its graph's: FP32 engines from the FP32 graphs, FP16
+engines from the float16 graphs (model.fp16.onnx, model.vwt.fp16.onnx), INT8 engines from the explicit Q/DQ
+graphs (no implicit INT8 calibrators, no precision flags: TensorRT 11 and TensorRT-RTX have none). Works with
+TensorRT 10 and 11 (`tensorrt`) and TensorRT-RTX (`tensorrt_rtx`, which can build on a machine without a GPU
+for a named compute capability).
 
-Verified in this project: building FP32/INT8 engines from model.onnx, model.vwt.portable.onnx and the Q/DQ
-graphs with TensorRT-RTX 1.7 on a CPU-only machine (tests/backends/test_tensorrt.py), and the sidecar checks.
-Not verified (no TensorRT GPU machine was available): running engines (`load_engine`), FP16, the plugin path
-(model.vwt.onnx with libvwt_trt_plugin.so), TensorRT 10/11 proper.
+Verified in this project: building FP32, FP16 and INT8 engines from model.onnx, model.vwt.portable.onnx, their
+float16 twins and the Q/DQ graphs with TensorRT-RTX 1.7 on a CPU-only machine (tests/backends/test_tensorrt.py),
+and the sidecar checks. Not verified (no TensorRT GPU machine was available): running engines (`load_engine`),
+the plugin path (model.vwt.onnx with libvwt_trt_plugin.so), TensorRT 10/11 proper.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import datetime
 import hashlib
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -81,6 +82,37 @@ def _needs_plugin(onnx_path: Path) -> bool:
     return needs_op_library(onnx.load(str(onnx_path), load_external_data=False))
 
 
+def _logger(trt, ahead_of_time: bool = False):
+    """TensorRT's errors on stderr. Building ahead of time on a machine without a GPU, TensorRT-RTX reports the
+    missing CUDA driver as an error although the build succeeds; that line is dropped there, and only there."""
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg) -> None:
+            if int(severity) > int(trt.ILogger.Severity.ERROR):
+                return
+            if ahead_of_time and "CUDA driver version is insufficient" in msg:
+                return
+            print(f"TensorRT: {msg}", file=sys.stderr)
+
+    return Logger()
+
+
+def graph_precision(onnx_path: str | os.PathLike) -> str:
+    """What a strongly typed network built from this graph computes in: "int8" (explicit Q/DQ), "fp16" (float16
+    weights) or "fp32"."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
 def plugin_library() -> Path:
     """libvwt_trt_plugin.so, built by `make setup` where TensorRT and nvcc exist (VWT_TRT_PLUGIN overrides)."""
     from ..plugins import check_library_version
@@ -102,18 +134,19 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     if settings.precision not in PRECISIONS:
         raise VWTError(f"unknown precision '{settings.precision}' (use one of {', '.join(PRECISIONS)})")
-    logger = trt.Logger(trt.Logger.ERROR)
+    if not onnx_path.is_file():
+        raise VWTError(f"{onnx_path}: no such ONNX file")
+    actual = graph_precision(onnx_path)
+    if actual != settings.precision:
+        raise VWTError(f"{onnx_path} is an {actual.upper()} graph, so it builds an {actual.upper()} engine, not "
+                       f"{settings.precision.upper()}: networks are strongly typed (FP16 engines come from "
+                       "model.fp16.onnx / model.vwt.fp16.onnx, INT8 from the Q/DQ graphs)")
+    logger = _logger(trt, ahead_of_time=bool(settings.compute_capability))
     if _needs_plugin(onnx_path):
         settings.plugin_library = str(settings.plugin_library or plugin_library())
         trt.get_plugin_registry().load_library(settings.plugin_library)
     builder = trt.Builder(logger)
-    flags = 0
-    strongly_typed = settings.precision != "fp16"
-    if strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    elif not hasattr(trt.BuilderFlag, "FP16"):
-        raise VWTError(f"{flavour} {trt.__version__} builds only strongly typed networks: FP16 needs an FP16 ONNX graph")
-    network = builder.create_network(flags)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)).splitlines()[0] for i in range(min(parser.num_errors, 3)))
@@ -121,8 +154,6 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
     config = builder.create_builder_config()
     if hasattr(config, "set_memory_pool_limit"):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mib << 20)
-    if not strongly_typed:
-        config.set_flag(trt.BuilderFlag.FP16)
     if settings.compute_capability:
         if not hasattr(config, "set_compute_capability"):
             raise VWTError(f"{flavour} cannot build for another GPU (compute_capability is a TensorRT-RTX feature)")
@@ -136,7 +167,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
         profile.set_shape(t.name, (lo, *rest), (opt, *rest), (hi, *rest))
     config.add_optimization_profile(profile)
     cache = None
-    if settings.timing_cache and hasattr(config, "create_timing_cache"):
+    if settings.timing_cache and flavour != "tensorrt-rtx":  # TensorRT-RTX tunes at run time: no timing cache
         data = Path(settings.timing_cache).read_bytes() if Path(settings.timing_cache).is_file() else b""
         cache = config.create_timing_cache(data)
         config.set_timing_cache(cache, ignore_mismatch=False)
@@ -235,8 +266,9 @@ def load_engine(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
     check_sidecar(sidecar, running, str(path))
     import torch
 
-    logger = trt.Logger(trt.Logger.ERROR)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(path).read_bytes())
+    logger = _logger(trt)
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
     if engine is None:
         raise VWTError(f"{path}: corrupt or truncated engine; rebuild it with vwt-export")
     context = engine.create_execution_context()
@@ -258,4 +290,5 @@ def load_engine(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
         stream.synchronize()
         return out[outputs[0]].cpu().numpy()
 
+    run.tensorrt = (logger, runtime, engine, context)  # TensorRT objects must outlive their users: keep them with it
     return run

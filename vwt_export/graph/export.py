@@ -6,6 +6,11 @@ dynamic batch **and a dynamic sequence length**. A plain export bakes the sequen
 into every Reshape of every attention block, which would make any token reduction impossible; exporting the
 trunk over a symbolic length keeps those shapes computed at run time. The joined graph is an ordinary
 single-input, single-output model and is checked against torch before it is written.
+
+`precision="fp16"` exports a float16 copy of the model (model.fp16.onnx): every weight and activation is
+float16 between a Cast of the float32 pixels and a Cast of the logits back to float32, so the file keeps the
+float32 interface. TensorRT builds FP16 engines from it as a strongly typed network (its types are the
+precision), which is the only way TensorRT 11 and TensorRT-RTX build FP16 at all.
 """
 
 from __future__ import annotations
@@ -29,24 +34,50 @@ DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME, TOKENS_NAME = "pixels", "logits", "tokens"
 
 
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+
+
 class _Embedding(nn.Module):
+    """float32 pixels -> tokens in the model's dtype."""
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         m = self.model
+        dtype = m.patch_embed.proj.weight.dtype
+        if dtype != pixels.dtype:
+            pixels = pixels.to(dtype)
         return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixels))))
 
 
 class _Trunk(nn.Module):
+    """tokens in the model's dtype -> float32 logits."""
+
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         m = self.model
-        return m.forward_head(m.norm(m.blocks(tokens)))
+        logits = m.forward_head(m.norm(m.blocks(tokens)))
+        return logits if logits.dtype == torch.float32 else logits.float()
+
+
+def cast_model(model: nn.Module, precision: str) -> nn.Module:
+    """`model` itself for fp32; a float16 copy (the original untouched) for fp16."""
+    if precision not in PRECISIONS:
+        raise VWTError(f"unknown export precision '{precision}' (use one of {', '.join(PRECISIONS)})")
+    if precision == "fp32":
+        return model
+    import copy
+
+    half = copy.deepcopy(model).to(PRECISIONS[precision])
+    for attr in ("vwt_weights", "vwt_name"):
+        if hasattr(model, attr):
+            setattr(half, attr, getattr(model, attr))
+    return half.eval()
 
 
 def _export(module: nn.Module, example: torch.Tensor, in_name: str, out_name: str, seq_dynamic: bool,
@@ -74,8 +105,11 @@ def _export(module: nn.Module, example: torch.Tensor, in_name: str, out_name: st
     raise VWTError(f"unknown exporter '{exporter}' (use dynamo or torchscript)")
 
 
-def export_model(model: nn.Module, opset: int = DEFAULT_OPSET, exporter: str = "dynamo") -> onnx.ModelProto:
-    """Export `model` (eval mode, from load_model) to an in-memory ONNX model: pixels[B,C,H,W] -> logits."""
+def export_model(model: nn.Module, opset: int = DEFAULT_OPSET, exporter: str = "dynamo",
+                 precision: str = "fp32") -> onnx.ModelProto:
+    """Export `model` (eval mode, from load_model) to an in-memory ONNX model: pixels[B,C,H,W] -> logits, both
+    float32; `precision="fp16"` computes everything in between in float16 (see the module docstring)."""
+    model = cast_model(model, precision)
     c = model.patch_embed.proj.in_channels
     h, w = model.patch_embed.img_size
     device = next(model.parameters()).device
@@ -86,7 +120,8 @@ def export_model(model: nn.Module, opset: int = DEFAULT_OPSET, exporter: str = "
     trunk = _export(_Trunk(model), tokens, TOKENS_NAME, OUTPUT_NAME, True, opset, exporter)
     embed = onnx.compose.add_prefix(embed, prefix="embed/", rename_inputs=False, rename_outputs=False)
     trunk.ir_version = embed.ir_version = min(embed.ir_version, trunk.ir_version)
-    tokens_info = onnx.helper.make_tensor_value_info(TOKENS_NAME, onnx.TensorProto.FLOAT, ["batch", *tokens.shape[1:]])
+    tokens_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(str(tokens.dtype).removeprefix("torch.")))
+    tokens_info = onnx.helper.make_tensor_value_info(TOKENS_NAME, tokens_type, ["batch", *tokens.shape[1:]])
     merged = onnx.compose.merge_models(embed, trunk, io_map=[(TOKENS_NAME, TOKENS_NAME)])
     # the joint tensor keeps the embedding's static [batch, T, D] shape, which surgery reads
     kept = [vi for vi in merged.graph.value_info if vi.name != TOKENS_NAME]

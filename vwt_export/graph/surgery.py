@@ -57,9 +57,14 @@ def vwt_find_tokens(self: gs.Graph) -> TokenSite:
     if len(self.inputs) != 1 or len(self.inputs[0].shape or []) != 4:
         raise VWTError("graph surgery expects one pixel input [B, C, H, W]; is this a timm ViT export?")
     pixels = self.inputs[0]
-    readers = list(pixels.outputs)
-    for _ in range(2):  # an INT8 graph quantizes the pixels first: QuantizeLinear -> DequantizeLinear -> Conv
-        readers += [r for n in readers if n.op in ("QuantizeLinear", "DequantizeLinear") for r in n.outputs[0].outputs]
+    # the Conv may read the pixels through an INT8 graph's QuantizeLinear -> DequantizeLinear or an FP16 graph's Cast
+    readers, frontier = [], list(pixels.outputs)
+    while frontier:
+        node = frontier.pop()
+        if node not in readers:
+            readers.append(node)
+            if node.op in ("QuantizeLinear", "DequantizeLinear", "Cast"):
+                frontier += node.outputs[0].outputs
     convs = [n for n in readers if n.op == "Conv"
              and n.attrs.get("kernel_shape") == n.attrs.get("strides") and len(n.attrs.get("kernel_shape", [])) == 2]
     if len(convs) != 1:
@@ -129,11 +134,15 @@ def _patch_features(graph: gs.Graph, site: TokenSite, space: str) -> gs.Variable
             gs.Node("Reshape", "vwt/patches_flatten", inputs=[perm, gs.Constant("vwt/features_shape", np.array([-1, gh * gw, c * p * p], np.int64))], outputs=[feats]),
         ]
     elif space == "embed":
-        flat = gs.Variable("vwt/embed_flat", dtype=np.float32)
+        embedded = site.conv.outputs[0]
+        flat = gs.Variable("vwt/embed_flat", dtype=embedded.dtype)
+        transposed = feats if embedded.dtype in (None, np.float32) else gs.Variable("vwt/embed_t", dtype=embedded.dtype)
         graph.nodes += [
-            gs.Node("Reshape", "vwt/embed_reshape", inputs=[site.conv.outputs[0], gs.Constant("vwt/embed_shape", np.array([0, site.embed_dim, -1], np.int64))], outputs=[flat]),
-            gs.Node("Transpose", "vwt/embed_transpose", attrs={"perm": [0, 2, 1]}, inputs=[flat], outputs=[feats]),
+            gs.Node("Reshape", "vwt/embed_reshape", inputs=[embedded, gs.Constant("vwt/embed_shape", np.array([0, site.embed_dim, -1], np.int64))], outputs=[flat]),
+            gs.Node("Transpose", "vwt/embed_transpose", attrs={"perm": [0, 2, 1]}, inputs=[flat], outputs=[transposed]),
         ]
+        if transposed is not feats:  # an FP16 graph: the words are compared in float32, as in torch
+            graph.nodes.append(gs.Node("Cast", "vwt/embed_f32", attrs={"to": onnx.TensorProto.FLOAT}, inputs=[transposed], outputs=[feats]))
     else:
         raise VWTError(f"unknown feature space '{space}'")
     return feats
@@ -180,7 +189,8 @@ def vwt_insert_intra(self: gs.Graph, site: TokenSite, keep: int, space: str = "i
     mean, centred, sq, ssum, var = V("f_mean"), V("f_centred"), V("f_sq"), V("f_ssum"), V("scores")
     top_v, top_i, top_f, raster_v, raster_i = V("top_v"), V("top_i", np.int64), V("top_f"), V("raster_v"), V("raster_i", np.int64)
     idx, idx3, idx_x, prefix, patches, kept = (V("keep_idx", np.int64), V("keep_idx3", np.int64), V("keep_idx_x", np.int64),
-                                               V("prefix"), V("patches"), V("kept"))
+                                               V("prefix", site.tokens.dtype), V("patches", site.tokens.dtype),
+                                               V("kept", site.tokens.dtype))
     selected = gs.Variable("vwt/selected", dtype=site.tokens.dtype, shape=[site.pixels.shape[0], site.num_prefix + keep, site.embed_dim])
     k = C("k", [keep])
     self.nodes += [
@@ -249,6 +259,7 @@ def vwt_weighted_pooling(self: gs.Graph, site: TokenSite, sizes: gs.Variable) ->
         if src is not None and src.op == "Slice" and _const_ints(src.inputs[3]) == [1]:
             start = _const_ints(src.inputs[1])[0]
         i = count
+        dtype = np.dtype(x.dtype or np.float32)  # constants meet x: float16 in an FP16 graph
         w, w3 = gs.Variable(f"vwt/pool_w_{i}", dtype=np.float32), gs.Variable(f"vwt/pool_w3_{i}", dtype=np.float32)
         w3x = gs.Variable(f"vwt/pool_w3x_{i}", dtype=x.dtype)
         new = [
@@ -266,14 +277,14 @@ def vwt_weighted_pooling(self: gs.Graph, site: TokenSite, sizes: gs.Variable) ->
                 gs.Node("Mul", inputs=[x, w3x], outputs=[xw]),
                 gs.Node("ReduceSum", inputs=[xw, gs.Constant(f"vwt/pool_r{i}", np.array([1], np.int64))], outputs=[num], attrs={"keepdims": 0}),
                 gs.Node("ReduceSum", inputs=[w3x, gs.Constant(f"vwt/pool_r2{i}", np.array([1], np.int64))], outputs=[den], attrs={"keepdims": 0}),
-                gs.Node("Max", inputs=[den, gs.Constant(f"vwt/pool_one{i}", np.array(1.0, np.float32))], outputs=[den_c]),
+                gs.Node("Max", inputs=[den, gs.Constant(f"vwt/pool_one{i}", np.array(1.0, dtype))], outputs=[den_c]),
                 gs.Node("Div", inputs=[num, den_c], outputs=[out]),
             ]
         else:
             real, masked = gs.Variable(f"vwt/pool_real_{i}", dtype=np.bool_), gs.Variable(f"vwt/pool_masked_{i}", dtype=x.dtype)
             new += [
-                gs.Node("Greater", inputs=[w3x, gs.Constant(f"vwt/pool_z{i}", np.array(0.0, np.float32))], outputs=[real]),
-                gs.Node("Where", inputs=[real, x, gs.Constant(f"vwt/pool_min{i}", np.array(-3.0e38, np.float32))], outputs=[masked]),
+                gs.Node("Greater", inputs=[w3x, gs.Constant(f"vwt/pool_z{i}", np.array(0.0, dtype))], outputs=[real]),
+                gs.Node("Where", inputs=[real, x, gs.Constant(f"vwt/pool_min{i}", np.array(np.finfo(dtype).min, dtype))], outputs=[masked]),
                 gs.Node("ReduceMax", inputs=[masked, gs.Constant(f"vwt/pool_r{i}", np.array([1], np.int64))], outputs=[out], attrs={"keepdims": 0}),
             ]
         self.nodes += new

@@ -69,7 +69,9 @@ class CompressedViT(nn.Module):
         """pixels[B, C, H, W] -> (tokens[B, T, D], sizes[B, T] or None when every token has size 1)."""
         m = self.model
         check_image_size(pixels.shape[-2], pixels.shape[-1], self.patch_size)
-        patch_tokens = m.patch_embed(pixels)
+        # a float16 model takes float32 pixels too, as its FP16 ONNX export does: image-space features come from
+        # the pixels as given, the tokens from the pixels in the model's dtype
+        patch_tokens = m.patch_embed(pixels.to(m.patch_embed.proj.weight.dtype))
         x = m.norm_pre(m.patch_drop(m._pos_embed(patch_tokens)))
         if self.mode == "none":
             return x, None

@@ -13,7 +13,6 @@ Weights are one of:
 from __future__ import annotations
 
 import contextlib
-
 import difflib
 import functools
 import importlib

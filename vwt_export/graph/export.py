@@ -35,6 +35,7 @@ INPUT_NAME, OUTPUT_NAME, TOKENS_NAME = "pixels", "logits", "tokens"
 
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+ONNX_TYPES = {torch.float32: onnx.TensorProto.FLOAT, torch.float16: onnx.TensorProto.FLOAT16}
 
 
 class _Embedding(nn.Module):
@@ -66,18 +67,19 @@ class _Trunk(nn.Module):
 
 
 def cast_model(model: nn.Module, precision: str) -> nn.Module:
-    """`model` itself for fp32; a float16 copy (the original untouched) for fp16."""
+    """`model` in `precision`: itself when it already is, else a copy (the original untouched)."""
     if precision not in PRECISIONS:
         raise VWTError(f"unknown export precision '{precision}' (use one of {', '.join(PRECISIONS)})")
-    if precision == "fp32":
+    dtype = PRECISIONS[precision]
+    if model.patch_embed.proj.weight.dtype == dtype:
         return model
     import copy
 
-    half = copy.deepcopy(model).to(PRECISIONS[precision])
+    cast = copy.deepcopy(model).to(dtype)
     for attr in ("vwt_weights", "vwt_name"):
         if hasattr(model, attr):
-            setattr(half, attr, getattr(model, attr))
-    return half.eval()
+            setattr(cast, attr, getattr(model, attr))
+    return cast.eval()
 
 
 def _export(module: nn.Module, example: torch.Tensor, in_name: str, out_name: str, seq_dynamic: bool,
@@ -120,8 +122,7 @@ def export_model(model: nn.Module, opset: int = DEFAULT_OPSET, exporter: str = "
     trunk = _export(_Trunk(model), tokens, TOKENS_NAME, OUTPUT_NAME, True, opset, exporter)
     embed = onnx.compose.add_prefix(embed, prefix="embed/", rename_inputs=False, rename_outputs=False)
     trunk.ir_version = embed.ir_version = min(embed.ir_version, trunk.ir_version)
-    tokens_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(str(tokens.dtype).removeprefix("torch.")))
-    tokens_info = onnx.helper.make_tensor_value_info(TOKENS_NAME, tokens_type, ["batch", *tokens.shape[1:]])
+    tokens_info = onnx.helper.make_tensor_value_info(TOKENS_NAME, ONNX_TYPES[tokens.dtype], ["batch", *tokens.shape[1:]])
     merged = onnx.compose.merge_models(embed, trunk, io_map=[(TOKENS_NAME, TOKENS_NAME)])
     # the joint tensor keeps the embedding's static [batch, T, D] shape, which surgery reads
     kept = [vi for vi in merged.graph.value_info if vi.name != TOKENS_NAME]

@@ -74,14 +74,6 @@ class BuildSettings:
         return b[0], b[len(b) // 2], b[-1]
 
 
-def _needs_plugin(onnx_path: Path) -> bool:
-    import onnx
-
-    from .onnxruntime import needs_op_library
-
-    return needs_op_library(onnx.load(str(onnx_path), load_external_data=False))
-
-
 def _logger(trt, ahead_of_time: bool = False):
     """TensorRT's errors on stderr. Building ahead of time on a machine without a GPU, TensorRT-RTX reports the
     missing CUDA driver as an error although the build succeeds; that line is dropped there, and only there."""
@@ -100,12 +92,19 @@ def _logger(trt, ahead_of_time: bool = False):
     return Logger()
 
 
-def graph_precision(onnx_path: str | os.PathLike) -> str:
-    """What a strongly typed network built from this graph computes in: "int8" (explicit Q/DQ), "fp16" (float16
-    weights) or "fp32"."""
+def _load_graph(onnx_path: str | os.PathLike):
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    return onnx.load(str(onnx_path), load_external_data=False)  # the structure is enough: no weights data
+
+
+def graph_precision(model) -> str:
+    """What a strongly typed network built from this graph (a path or an onnx.ModelProto) computes in: "int8"
+    (explicit Q/DQ), "fp16" (float16 weights) or "fp32"."""
+    import onnx
+
+    if not isinstance(model, onnx.ModelProto):
+        model = _load_graph(model)
     if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
         return "int8"
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
@@ -136,13 +135,16 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
         raise VWTError(f"unknown precision '{settings.precision}' (use one of {', '.join(PRECISIONS)})")
     if not onnx_path.is_file():
         raise VWTError(f"{onnx_path}: no such ONNX file")
-    actual = graph_precision(onnx_path)
+    from .onnxruntime import needs_op_library
+
+    graph = _load_graph(onnx_path)
+    actual = graph_precision(graph)
     if actual != settings.precision:
         raise VWTError(f"{onnx_path} is an {actual.upper()} graph, so it builds an {actual.upper()} engine, not "
                        f"{settings.precision.upper()}: networks are strongly typed (FP16 engines come from "
                        "model.fp16.onnx / model.vwt.fp16.onnx, INT8 from the Q/DQ graphs)")
     logger = _logger(trt, ahead_of_time=bool(settings.compute_capability))
-    if _needs_plugin(onnx_path):
+    if needs_op_library(graph):  # the same vwt nodes that need the ONNX Runtime op library need the plugin
         settings.plugin_library = str(settings.plugin_library or plugin_library())
         trt.get_plugin_registry().load_library(settings.plugin_library)
     builder = trt.Builder(logger)

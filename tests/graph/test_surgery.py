@@ -31,9 +31,14 @@ def images(model, n, seed):
     return blocky_images(n, size, cells=size // p, seed=seed, noise=0.05)
 
 
-def threshold_for(model, vocab, x):
-    f = torch.nn.functional.normalize(patch_features(model, x, "image", model.patch_embed.patch_size[0]), dim=-1)
-    d = 1 - f @ torch.nn.functional.normalize(vocab.words, dim=-1).T
+def unit_features(model, x, space="image"):
+    with torch.no_grad():
+        return torch.nn.functional.normalize(patch_features(model, x, space, model.patch_embed.patch_size[0]), dim=-1)
+
+
+def threshold_for(model, vocab, x, space="image"):
+    """The median nearest-word distance: about half the patches match, so the merge has real work to do."""
+    d = 1 - unit_features(model, x, space) @ torch.nn.functional.normalize(vocab.words, dim=-1).T
     return float(d.min(-1).values.quantile(0.5))
 
 
@@ -98,8 +103,7 @@ def test_embed_space(op_library):
     model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=64, depth=2)
     vocab = vx.learn_vocabulary(model, [images(model, 8, seed=6)], size=8, space="embed", progress=False)
     x = images(model, 5, seed=7)
-    f = torch.nn.functional.normalize(patch_features(model, x, "embed", 16), dim=-1)
-    thr = float((1 - f @ torch.nn.functional.normalize(vocab.words, dim=-1).T).min(-1).values.quantile(0.5))
+    thr = threshold_for(model, vocab, x, "embed")
     expected = vx.compress(model, "inter", vocab=vocab, threshold=thr)(x).numpy()
     vwt = apply_vwt(export_model(model), "inter", vocab=vocab.words.numpy(), threshold=thr, space="embed")
     assert rel_err(create_session(vwt).run(None, {"pixels": x.numpy()})[0], expected) < 1e-4
@@ -153,9 +157,7 @@ def test_fp16_graphs_match_the_fp16_torch_model(tiny_models, name, op_library):
         assert rel_err(create_session(base).run(None, {"pixels": x.numpy()})[0], half(x.half()).float().numpy()) < 1e-2
     for space in ("image", "embed"):
         vocab = vx.learn_vocabulary(model, [images(model, 8, seed=9)], size=16, space=space, progress=False)
-        with torch.no_grad():
-            f = torch.nn.functional.normalize(patch_features(model, x, space, model.patch_embed.patch_size[0]), dim=-1)
-        thr = float((1 - f @ torch.nn.functional.normalize(vocab.words, dim=-1).T).min(-1).values.quantile(0.5))
+        thr = threshold_for(model, vocab, x, space)
         k = model.patch_embed.num_patches // 2
         for mode, kw in (("inter", {"vocab": vocab, "threshold": thr}), ("intra", {"keep": k, "space": space})):
             cmodel = vx.compress(half, mode, **kw)
@@ -168,5 +170,6 @@ def test_fp16_graphs_match_the_fp16_torch_model(tiny_models, name, op_library):
                 assert rel_err(got, expected) < 1e-2, (space, mode)
             if mode == "inter" and space == "image":
                 labels = create_session(with_labels_output(vwt)).run(None, {"pixels": x.numpy()})[1]
-                np.testing.assert_array_equal(labels, vx.vwt.word_labels(f, torch.nn.functional.normalize(vocab.words, dim=-1), thr).numpy())
+                unit_words = torch.nn.functional.normalize(vocab.words, dim=-1)
+                np.testing.assert_array_equal(labels, vx.vwt.word_labels(unit_features(model, x), unit_words, thr).numpy())
                 assert len(set(cmodel.last_token_counts.tolist())) > 1, "the batch should need padding"

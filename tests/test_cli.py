@@ -42,6 +42,11 @@ def test_inter_run_learns_saves_and_reuses_the_vocabulary(tmp_path, images, caps
         assert (out / name).is_file()
     assert all(v["verified"] and v["max_rel_err"] < 1e-4 for v in summary["onnx"].values())
     assert "verified model.vwt.onnx against torch" in err
+    report = json.loads((out / "report.json").read_text())
+    assert report["command"].startswith("vwt-export vit_tiny_patch16_224 --model-arg img_size=64")
+    assert {v: report["variants"][v]["tokens"]["mean"] for v in ("fp32", "int8")} == {"fp32": 17, "int8": 17}
+    # measured on the graph itself, not copied from the torch path; on these images both agree
+    assert report["variants"]["vwt"]["tokens"]["mean"] == pytest.approx(summary["torch_check"]["tokens_mean"])
 
     code, stdout, err = run_cli(TINY + ["--weights", "random", "--vocab", str(out / "vocab.safetensors"), "--val",
                                         str(images), "--out", str(tmp_path / "again"), "--quiet", "--skip-export"], capsys)
@@ -123,7 +128,7 @@ def test_trt_backend_builds_every_engine_ahead_of_time(tmp_path, images, capsys)
                                         "--out", str(out), "--quiet"], capsys)
     assert code == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    for key in ("model_fp16", "vwt_fp16", "vwt_fp16_portable"):
+    for key in ("model.fp16.onnx", "model.vwt.fp16.onnx", "model.vwt.fp16.portable.onnx"):
         assert summary["onnx"][key]["verified"] and summary["onnx"][key]["max_rel_err"] < 1e-2, key
     for stem in ("model", "model.vwt"):
         for precision in ("fp32", "fp16", "int8"):
@@ -132,3 +137,28 @@ def test_trt_backend_builds_every_engine_ahead_of_time(tmp_path, images, capsys)
     report = json.loads((out / "report.json").read_text())
     assert any("TensorRT engines" in m["what"] and "SM89" in m["why"] for m in report["not_measured"])
     assert "TensorRT: " not in err  # no spurious TensorRT errors when building ahead of time
+
+
+def test_a_vocabulary_with_duplicate_words_completes_and_reports_near_ties(tmp_path, images, capsys):
+    """The reference repository's vocabularies hold exact and near-duplicate words. Matching them is a coin toss
+    that ONNX Runtime and torch may call differently; the run must complete and count the near-ties."""
+    import vwt_export as vx
+
+    model = vx.load_model(TINY[0], weights="random", img_size=64, depth=1, num_classes=10)
+    learned = vx.learn_vocabulary(model, images, size=12, progress=False).words
+    g = torch.Generator().manual_seed(0)
+    near = learned * (1 + 1e-7 * torch.randn(learned.shape, generator=g))  # cosine ~ 1 - 1e-14: a near-duplicate
+    torch.save(torch.cat([learned, learned, near]), tmp_path / "vocab.pt")  # a bare tensor, as the reference saves
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(TINY + ["--weights", "random", "--vocab", str(tmp_path / "vocab.pt"), "--val",
+                                        str(images), "--threshold", "0.2", "--skip-int8", "--reps", "1", "--out",
+                                        str(out), "--quiet"], capsys)
+    assert code == 0, err
+    assert f"{3 * len(learned)} pairs of words are near-duplicates" in err  # learning left none among its own
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["near_ties"]["patches"] > 0 and summary["near_ties"]["images"] > 0
+    for name in ("model.vwt.onnx", "model.vwt.portable.onnx"):
+        check = summary["onnx"][name]
+        assert check["verified"] and check["near_ties"] > 0 and check["matches_differ"] <= check["near_ties"]
+    assert "near-ties:" in stdout
+    assert "near-tie patches" in (out / "report.md").read_text()

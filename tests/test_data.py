@@ -56,3 +56,17 @@ def test_batching(tmp_path):
         _img(tmp_path / f"{i}.png", (i, i, i))
     sizes = [len(b) for b, _ in iter_image_batches(list_images(tmp_path), to_tensor, batch_size=2)]
     assert sizes == [2, 2, 1]
+
+
+def test_readable_images_checks_headers_up_front(tmp_path, caplog):
+    import logging
+
+    from PIL import Image
+
+    from vwt_export.data import readable_images
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    with caplog.at_level(logging.WARNING):
+        assert readable_images(tmp_path) == [tmp_path / "good.png"]
+    assert "1 of 2 image files cannot be read" in caplog.text and "bad.jpg" in caplog.text

@@ -1,6 +1,10 @@
 """vwt-export: compress timm Vision Transformers with the Visual Word Tokenizer and ship them.
 
     import vwt_export as vx
+    result = vx.export("deit_s", mode="inter", calib="images/", val="val/")   # the whole job, as the CLI does
+    result.graph("vwt"), result.report["variants"]
+
+    # or the pieces:
     model = vx.load_model("deit_s", weights="random")
     vocab = vx.learn_vocabulary(model, "images/", size=1000)
     cmodel = vx.compress(model, mode="inter", vocab=vocab, threshold=0.1)
@@ -8,11 +12,13 @@
 """
 
 from . import runtime
+from .config import ExportConfig
 from .errors import VWTError
 from .models import load_model, model_cards
+from .pipeline import ExportResult, export
 from .vwt import CompressedViT, Vocabulary, compress, learn_vocabulary
 
 __version__ = "0.1.0"
 
-__all__ = ["CompressedViT", "VWTError", "Vocabulary", "compress", "learn_vocabulary", "load_model", "model_cards", "runtime",
+__all__ = ["CompressedViT", "ExportConfig", "ExportResult", "VWTError", "export", "Vocabulary", "compress", "learn_vocabulary", "load_model", "model_cards", "runtime",
            "__version__"]

@@ -36,6 +36,28 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return files
 
 
+def readable_images(folder: str | os.PathLike, max_images: int | None = None) -> list[Path]:
+    """The images of `folder` whose headers decode, checked before any slow work: a folder of unreadable files
+    fails in a second, not after k-means. Unreadable ones are left out with one warning; none readable is an
+    error. (Only headers are read here; a file corrupt past its header is skipped later, when decoded.)"""
+    files = list_images(folder)[:max_images]
+    good, bad = [], []
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im.size  # noqa: B018 (parsing the header is the check)
+            good.append(path)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            bad.append(f"{path.name}: {e}")
+    if not good:
+        raise VWTError(f"{folder}: none of the {len(files)} image files could be read (first: {bad[0]}); "
+                       "pass a folder of valid images")
+    if bad:
+        log.warning("%s: %d of %d image files cannot be read and are skipped (first: %s)", folder, len(bad),
+                    len(files), bad[0])
+    return good
+
+
 def load_image(path: Path) -> Image.Image:
     with Image.open(path) as im:
         return im.convert("RGB")

@@ -16,7 +16,6 @@ import contextlib
 import difflib
 import functools
 import importlib
-import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +25,6 @@ import torch
 import yaml
 
 from .errors import VWTError
-
-log = logging.getLogger(__name__)
 
 _CARD_DIRS = (
     Path(__file__).parent / "model_cards",  # inside a wheel
@@ -262,3 +259,24 @@ def transform(model: torch.nn.Module):
     from timm.data import create_transform
 
     return create_transform(**data_config(model), is_training=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The token sequence: the only place that knows the order of timm's embedding modules
+
+
+def patch_tokens(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """The patch-embedding output for float32 (or the model's dtype) pixels, in the model's dtype."""
+    dtype = model.patch_embed.proj.weight.dtype
+    return model.patch_embed(pixels if pixels.dtype == dtype else pixels.to(dtype))
+
+
+def embed_tokens(model: torch.nn.Module, patches: torch.Tensor) -> torch.Tensor:
+    """Patch tokens -> the sequence the first block reads: prefix tokens and positional embedding added
+    (timm's _pos_embed), then patch_drop and norm_pre, as timm's forward_features does."""
+    return model.norm_pre(model.patch_drop(model._pos_embed(patches)))
+
+
+def is_headless(model: torch.nn.Module) -> bool:
+    """A model without a classifier head (num_classes=0, e.g. a DINOv2 backbone) outputs features."""
+    return getattr(model, "num_classes", 1) == 0

@@ -17,6 +17,7 @@ import torch
 
 from ..data import iter_image_batches
 from ..errors import VWTError
+from ..models import is_headless
 
 LABEL_FILES = ("labels.txt", "labels.csv", "val_labels.txt")
 SYNSET = re.compile(r"^n\d{8}$")
@@ -104,7 +105,12 @@ def cosine_similarity(ref: np.ndarray, cand: np.ndarray) -> float:
     return float(np.mean(num / np.maximum(den, 1e-12)))
 
 
-def fidelity(ref: np.ndarray, cand: np.ndarray) -> dict[str, float]:
+def fidelity(ref: np.ndarray, cand: np.ndarray, headless: bool = False) -> dict[str, float | None]:
+    """Agreement of a variant's outputs with the reference's. A headless model (no classifier head) outputs
+    feature vectors: ranking their components means nothing, so only their cosine similarity is measured."""
+    if headless:
+        return {"top1_agreement": None, "top5_overlap": None, "kl_divergence": None,
+                "cosine_similarity": cosine_similarity(ref, cand)}
     return {"top1_agreement": top1_agreement(ref, cand), "top5_overlap": topk_overlap(ref, cand),
             "kl_divergence": kl_divergence(ref, cand), "cosine_similarity": cosine_similarity(ref, cand)}
 
@@ -115,14 +121,15 @@ def accuracy(logits: np.ndarray, labels: np.ndarray | None) -> dict[str, float] 
     return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
 
 
-# -- the torch-path comparison used by the first CLI stage ------------------------------------------------------
+# -- the torch-path comparison ---------------------------------------------------------------------------------
 
 
 @dataclass
 class Agreement:
     images: int
-    top1_agreement: float
-    top5_overlap: float
+    top1_agreement: float | None  # None for a headless model
+    top5_overlap: float | None
+    cosine_similarity: float
     max_abs_logit_diff: float
     tokens_in: int  # P + N, uncompressed
     tokens_mean: float
@@ -144,9 +151,10 @@ def compare(reference: torch.nn.Module, candidate: torch.nn.Module, files: Seque
         cands.append(candidate(pixels).float().cpu().numpy())
         counts.append(candidate.last_token_counts)
     ref, cand, tokens = np.concatenate(refs), np.concatenate(cands), torch.cat(counts).float()
+    f = fidelity(ref, cand, headless=is_headless(reference))
     agreement = Agreement(
-        images=len(ref), top1_agreement=top1_agreement(ref, cand), top5_overlap=topk_overlap(ref, cand),
-        max_abs_logit_diff=float(np.abs(ref - cand).max()), tokens_in=candidate.tokens_in,
+        images=len(ref), top1_agreement=f["top1_agreement"], top5_overlap=f["top5_overlap"],
+        cosine_similarity=f["cosine_similarity"], max_abs_logit_diff=float(np.abs(ref - cand).max()), tokens_in=candidate.tokens_in,
         tokens_mean=float(tokens.mean()), tokens_min=int(tokens.min()), tokens_max=int(tokens.max()),
     )
     agreement.counts = tokens.long().tolist()  # per image, for the report's histogram (not in as_dict)

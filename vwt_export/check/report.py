@@ -2,15 +2,17 @@
 
 report.json, version 1:
   schema, version, created, command          what produced it
-  model        name, timm_name, weights, weights_meaningful, num_prefix_tokens, num_patches, tokens_in
+  model        name, timm_name, weights, weights_meaningful, headless, num_prefix_tokens, num_patches, tokens_in
   settings     mode, threshold / keep, space, prop_attn, vocab
   environment  python, platform, processor, cpu_count, versions of torch / timm / onnx / onnxruntime / vwt_export
   images       check folder, count, labelled; calibration folder, count
   variants     {name: {file, backend, precision, vwt, accuracy {top1, top5} | null,
-                fidelity {top1_agreement, top5_overlap, kl_divergence, cosine_similarity} vs fp32,
+                fidelity {top1_agreement, top5_overlap, kl_divergence, cosine_similarity} vs fp32
+                  (the first three null for a headless model: its outputs are features, not class scores),
                 tokens {mean, min, max, counts}, merge_share | null,
                 latency {batch: {p50_ms, p90_ms, p99_ms, mean_ms, runs, images_per_s}},
                 energy {available, reason | j_per_image_gross, j_per_image_net, ...}}}
+  verification {file: {verified, max_rel_err | reason, patches, near_ties, images_with_near_ties, matches_differ}}
   not_measured [{what, why}]
   polygraphy   {inputs, outputs: {file: reference}, commands}
 """
@@ -41,6 +43,9 @@ def validate(report: dict) -> None:
             raise ValueError(f"variant {name}: unavailable energy needs a reason")
 
 
+NO_HEAD = "n/a (no classifier head)"
+
+
 def _fmt(x: Any, spec: str, missing: str = "–") -> str:
     return missing if x is None else format(x, spec)
 
@@ -58,15 +63,15 @@ def markdown(report: dict) -> str:
               f"Backend: ONNX Runtime {report['environment']['onnxruntime']} CPU, {report['environment']['cpu_count']} cores; "
               "all variants timed in one interleaved run.", ""]
     batches = sorted({int(b) for v in report["variants"].values() for b in v["latency"]})
-    head = ["variant", "top-1", "top-5", "agree (top-1)", "KL", "tokens"] + [f"p50 ms @{b}" for b in batches] + \
+    head = ["variant", "top-1", "top-5", "agree (top-1)", "KL", "cosine", "tokens"] + [f"p50 ms @{b}" for b in batches] + \
            [f"img/s @{batches[-1]}" if batches else "img/s", "J/img"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, v in report["variants"].items():
-        acc = v["accuracy"] or {}
-        lat = v["latency"]
-        row = [f"**{name}**", _fmt(acc.get("top1"), ".1%"), _fmt(acc.get("top5"), ".1%"),
-               _fmt(v["fidelity"]["top1_agreement"], ".1%"), _fmt(v["fidelity"]["kl_divergence"], ".3g"),
-               _fmt(v["tokens"]["mean"], ".1f")]
+        acc, fid, lat = v["accuracy"] or {}, v["fidelity"], v["latency"]
+        na = NO_HEAD if m.get("headless") else "–"
+        row = [f"**{name}**", _fmt(acc.get("top1"), ".1%", na), _fmt(acc.get("top5"), ".1%", na),
+               _fmt(fid["top1_agreement"], ".1%", na), _fmt(fid["kl_divergence"], ".3g", na),
+               _fmt(fid["cosine_similarity"], ".4f"), _fmt((v["tokens"] or {}).get("mean"), ".1f", "n/a")]
         row += [_fmt((lat.get(b) or lat.get(str(b)) or {}).get("p50_ms"), ".1f") for b in batches]
         last = lat.get(batches[-1]) or lat.get(str(batches[-1])) or {} if batches else {}
         row += [_fmt(last.get("images_per_s"), ".1f"),
@@ -77,6 +82,18 @@ def markdown(report: dict) -> str:
     if shares:
         lines.append("Share of run time spent labelling and merging (batch 1, ONNX Runtime profiler): "
                      + ", ".join(f"{n} {x:.1%}" for n, x in shares.items()) + ".")
+        lines.append("")
+    checked = report.get("verification") or {}
+    if checked:
+        lines += ["Graphs verified against torch on the same images (matches compared exactly except at near-ties, "
+                  "where two words or the threshold are within a hair; those are counted, never errors):", ""]
+        for file, c in checked.items():
+            if c["verified"]:
+                ties = (f"; {c['near_ties']} near-tie patches in {c['images_with_near_ties']} images, "
+                        f"{c['matches_differ']} matched differently" if c.get("patches") else "")
+                lines.append(f"- `{file}`: max relative error {c['max_rel_err']:.1e}{ties}")
+            else:
+                lines.append(f"- `{file}`: not verified: {c['reason']}")
         lines.append("")
     lines += ["Not measured:", ""] + [f"- {x['what']}: {x['why']}" for x in report["not_measured"]] + [""]
     pg = report.get("polygraphy")
@@ -99,6 +116,7 @@ def plots(report: dict, folder: Path) -> list[str]:
     written = []
     variants = report["variants"]
     labelled = report["images"]["labelled"]
+    headless = report["model"].get("headless", False)
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -108,20 +126,22 @@ def plots(report: dict, folder: Path) -> list[str]:
         lat = v["latency"].get(batch) or v["latency"].get(str(batch))
         if not lat:
             continue
-        y = (v["accuracy"] or {}).get("top1") if labelled else v["fidelity"]["top1_agreement"]
-        ax.scatter(lat["p50_ms"], y * 100)
-        ax.annotate(name, (lat["p50_ms"], y * 100), textcoords="offset points", xytext=(5, 5))
+        y = _quality(v, labelled, headless)
+        if y is None:
+            continue
+        ax.scatter(lat["p50_ms"], y)
+        ax.annotate(name, (lat["p50_ms"], y), textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel(f"p50 latency at batch {batch} (ms)")
-    ax.set_ylabel("top-1 accuracy (%)" if labelled else "top-1 agreement with FP32 (%)")
+    ax.set_ylabel("feature cosine to FP32" if headless else
+                  "top-1 accuracy (%)" if labelled else "top-1 agreement with FP32 (%)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     written.append(_save(fig, folder / "accuracy_vs_latency.png"))
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, v in variants.items():
-        if v["vwt"] and v["tokens"].get("counts"):
-            ax.hist(v["tokens"]["counts"], bins=30, alpha=0.6, label=name)
-            break  # every VWT variant keeps the same tokens
+        if v["vwt"] and (v["tokens"] or {}).get("counts"):  # measured per variant: INT8 may match differently
+            ax.hist(v["tokens"]["counts"], bins=30, alpha=0.5, label=name)
     ax.axvline(report["model"]["tokens_in"], color="k", linestyle="--", label="uncompressed")
     ax.set_xlabel("tokens per image")
     ax.set_ylabel("images")
@@ -131,6 +151,14 @@ def plots(report: dict, folder: Path) -> list[str]:
     written.append(_save(fig, folder / "tokens.png"))
     plt.close(fig)
     return [str(Path(folder.name) / Path(p).name) for p in written]
+
+
+def _quality(v: dict, labelled: bool, headless: bool) -> float | None:
+    """The plot's y value: feature cosine (headless), top-1 accuracy (labelled) or top-1 agreement, in %."""
+    if headless:
+        return v["fidelity"]["cosine_similarity"]
+    y = (v["accuracy"] or {}).get("top1") if labelled else v["fidelity"]["top1_agreement"]
+    return None if y is None else y * 100
 
 
 def _save(fig, path: Path) -> str:

@@ -1,82 +1,102 @@
-"""Run every built variant over the same images: outputs, fidelity to FP32, accuracy, merge share."""
+"""Run every built variant over the same images: outputs, tokens, fidelity to FP32, accuracy, merge share.
+
+Each variant's runner is loaded once and serves the outputs pass, the timing and the energy measurement.
+Tokens are measured per variant from its own graph (the sizes TokenMerge returns, or the length of the
+intra selection), not copied from the torch path: an INT8 graph may match differently.
+"""
 
 from __future__ import annotations
 
-import json
 import statistics
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import onnx
 
-from ..backends.onnxruntime import needs_op_library
+from ..artefacts import Variant
 from ..data import iter_image_batches
+from ..graph import ops
 from .accuracy import accuracy, fidelity
 
-VWT_OPS = ("WordLabels", "TokenMerge")
+# the graph tensors a compressed variant's tokens are read from: TokenMerge's sizes (inter), the selection (intra)
+TOKEN_PROBES = {ops.SIZES_TENSOR: onnx.TensorProto.FLOAT, ops.SELECTED_TENSOR: onnx.TensorProto.FLOAT}
 
 
-@dataclass
-class Variant:
-    name: str  # fp32, int8, vwt, vwt+int8
+@dataclass(frozen=True)
+class Candidate:
+    """A variant as built for one backend: what the report's rows are."""
+
+    label: str  # fp32, vwt+int8, trt:vwt, ...
+    variant: Variant
     path: Path
-    precision: str  # fp32 | int8
-    vwt: bool
     backend: str = "onnxruntime-cpu"
 
 
-def outputs(variants: Sequence[Variant], files: Sequence[Path], transform, batch_size: int,
-            progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
-    """{variant: logits [images, classes]}; the images are decoded once and fed to every variant."""
+def load_runner(candidate: Candidate) -> Callable:
+    """The callable that serves every measurement of `candidate`; for ONNX graphs of compressed variants the same
+    session also returns a tensor the tokens are counted from (f.with_extras)."""
     from ..runtime import load
 
-    runners = {v.name: load(v.path) for v in variants}
-    results: dict[str, list[np.ndarray]] = {v.name: [] for v in variants}
+    if candidate.backend != "onnxruntime-cpu" or not candidate.variant.compressed:
+        return load(candidate.path)
+    from ..backends.onnxruntime import load_proto, runner
+
+    produced = {o for n in load_proto(candidate.path).graph.node for o in n.output}
+    probe = {k: v for k, v in TOKEN_PROBES.items() if k in produced}
+    f = runner(candidate.path, extra_outputs=probe)
+    f.counts_tokens = bool(probe)
+    return f
+
+
+def _real_tokens(probe: np.ndarray) -> np.ndarray:
+    """Tokens per image from a probe tensor: sizes [B, T] count the real (size > 0) ones; a selection
+    [B, T, D] keeps all T."""
+    return (probe > 0).sum(axis=1) if probe.ndim == 2 else np.full(len(probe), probe.shape[1])
+
+
+def outputs(candidates: Sequence[Candidate], runners: dict[str, Callable], files: Sequence[Path], transform,
+            batch_size: int, progress: Callable[[int], None] | None = None
+            ) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+    """({label: logits [images, classes]}, {label: tokens per image}); images are decoded once for all."""
+    logits: dict[str, list[np.ndarray]] = {c.label: [] for c in candidates}
+    tokens: dict[str, list[int]] = {}
     for pixels, _ in iter_image_batches(files, transform, batch_size, progress=progress):
         x = pixels.numpy()
-        for name, run in runners.items():
-            results[name].append(run(x))
-    return {name: np.concatenate(r) for name, r in results.items()}
+        for c in candidates:
+            f = runners[c.label]
+            if getattr(f, "counts_tokens", False):
+                out, probe = f.with_extras(x)
+                logits[c.label].append(out)
+                tokens.setdefault(c.label, []).extend(int(n) for n in _real_tokens(probe))
+            else:
+                logits[c.label].append(f(x))
+    return {k: np.concatenate(v) for k, v in logits.items()}, tokens
 
 
-def evaluate(variants: Sequence[Variant], logits: dict[str, np.ndarray], labels: np.ndarray | None,
-             reference: str = "fp32") -> dict[str, dict]:
+def evaluate(candidates: Sequence[Candidate], logits: dict[str, np.ndarray], labels: np.ndarray | None,
+             headless: bool, reference: str = "fp32") -> dict[str, dict]:
     ref = logits[reference]
-    return {v.name: {"accuracy": accuracy(logits[v.name], labels), "fidelity": fidelity(ref, logits[v.name])}
-            for v in variants}
+    return {c.label: {"accuracy": None if headless else accuracy(logits[c.label], labels),
+                      "fidelity": fidelity(ref, logits[c.label], headless=headless)} for c in candidates}
 
 
 def merge_share(path: Path, pixels: np.ndarray, reps: int = 5) -> float | None:
-    """Fraction of kernel time spent in WordLabels + TokenMerge (ONNX Runtime's profiler), one image at a time."""
-    import onnx
-    import onnxruntime as ort
+    """Fraction of kernel time spent in the nodes graph surgery added (features, matching, merging, attention
+    bias, pooling: every node named vwt/...), one image at a time (ONNX Runtime's profiler)."""
+    from ..backends.onnxruntime import create_session, kernel_times, load_proto
 
-    from ..plugins import ort_library
-
-    model = onnx.load(str(path), load_external_data=False)
-    if not any(n.op_type in VWT_OPS for n in model.graph.node):
+    if not any(n.domain == ops.DOMAIN for n in load_proto(path).graph.node):
         return None
-    so = ort.SessionOptions()
-    so.enable_profiling = True
-    so.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "vwt")
-    if needs_op_library(model):
-        so.register_custom_ops_library(str(ort_library()))
-    session = ort.InferenceSession(str(path), so)
+    session = create_session(path, profile=True)
     name = session.get_inputs()[0].name
     for _ in range(reps + 1):
         for i in range(len(pixels)):
             session.run(None, {name: pixels[i : i + 1]})
-    events = json.loads(Path(session.end_profiling()).read_text())
-    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
-    after_warmup = runs[len(pixels)] if len(runs) > len(pixels) else 0  # the first pass over the images warms up
-    ours = total = 0.0
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= after_warmup:
-            total += e["dur"]
-            if e.get("args", {}).get("op_name") in VWT_OPS:
-                ours += e["dur"]
+    runs = kernel_times(session, by="node")[len(pixels):]  # the first pass over the images warms up
+    total = sum(sum(r.values()) for r in runs)
+    ours = sum(t for r in runs for node, t in r.items() if node.startswith(ops.NODE_PREFIX))
     return ours / total if total else None
 
 

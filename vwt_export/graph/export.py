@@ -15,7 +15,6 @@ precision), which is the only way TensorRT 11 and TensorRT-RTX build FP16 at all
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from pathlib import Path
@@ -27,8 +26,7 @@ import torch.nn as nn
 
 from ..atomic import atomic_path
 from ..errors import VWTError
-
-log = logging.getLogger(__name__)
+from ..models import embed_tokens, patch_tokens
 
 DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME, TOKENS_NAME = "pixels", "logits", "tokens"
@@ -46,11 +44,7 @@ class _Embedding(nn.Module):
         self.model = model
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        dtype = m.patch_embed.proj.weight.dtype
-        if dtype != pixels.dtype:
-            pixels = pixels.to(dtype)
-        return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(pixels))))
+        return embed_tokens(self.model, patch_tokens(self.model, pixels))
 
 
 class _Trunk(nn.Module):
@@ -148,16 +142,3 @@ def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         onnx.save(proto, str(tmp))
     return path
-
-
-def verify_against_torch(reference, onnx_run, pixels: torch.Tensor, rtol: float = 1e-4, what: str = "export") -> float:
-    """Largest difference relative to the output scale between torch and an ONNX callable; raise if over rtol."""
-    with torch.no_grad():
-        expected = reference(pixels).float().cpu().numpy()
-    actual = onnx_run(pixels.cpu().numpy())
-    if actual.shape != expected.shape:
-        raise VWTError(f"{what}: output shape {actual.shape} differs from torch {expected.shape}")
-    err = float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-6))
-    if not err <= rtol:
-        raise VWTError(f"{what}: ONNX output differs from torch by {err:.2e} (relative), over the {rtol:.0e} tolerance")
-    return err

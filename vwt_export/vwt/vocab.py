@@ -9,7 +9,12 @@ The reference repository's bare `vocab.pt` ([V, C*p*p] cluster centres) loads to
 in the model's normalised pixel space, which cannot be checked.
 
 Clustering follows the reference: Euclidean mini-batch k-means on raw patch features (its scikit-learn
-MiniBatchKMeans), while matching at inference uses cosine distance.
+MiniBatchKMeans), while matching at inference uses cosine distance. The two disagree about what "the same
+word" is: two centres that differ only in length (flat patches of one hue at two brightnesses, say) are far
+apart for k-means and identical for matching. Such near-duplicate words make the nearest word a coin toss for
+every patch near them, which two correct implementations may call differently. So learning merges every pair
+of words closer than DUPLICATE_DISTANCE in cosine distance (1% of the default matching threshold: a patch that
+matches one matches the other), and loading a vocabulary that has such pairs warns once, with their count.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -32,6 +38,9 @@ from .features import SPACES, patch_features
 
 FORMAT = "vwt-export/vocabulary"
 VERSION = 1
+DUPLICATE_DISTANCE = 1e-3  # cosine distance under which two words are one word (see the module docstring)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,10 +92,18 @@ class Vocabulary:
         if not path.is_file():
             raise VWTError(f"{path}: no such vocabulary file; pass --vocab FILE, or --calib DIR to learn one")
         if path.suffix == ".safetensors":
-            return cls._load_safetensors(path)
-        if path.suffix in (".pt", ".pth"):
-            return cls._load_reference(path, space or "image")
-        raise VWTError(f"{path}: unknown vocabulary format (expected .safetensors, or a reference vocab.pt)")
+            vocab = cls._load_safetensors(path)
+        elif path.suffix in (".pt", ".pth"):
+            vocab = cls._load_reference(path, space or "image")
+        else:
+            raise VWTError(f"{path}: unknown vocabulary format (expected .safetensors, or a reference vocab.pt)")
+        pairs = near_duplicate_pairs(vocab.words)
+        if pairs:
+            log.warning("%s: %d pairs of words are near-duplicates (cosine distance under %g): a patch near them "
+                        "matches either, so implementations may pick different ones; the checks count such "
+                        "near-ties instead of failing (learning a vocabulary with vwt-export merges them)",
+                        path, pairs, DUPLICATE_DISTANCE)
+        return vocab
 
     @classmethod
     def _load_safetensors(cls, path: Path) -> "Vocabulary":
@@ -181,6 +198,38 @@ def _check_words(words: Any, where: str) -> None:
         raise VWTError(f"{where}: word {int(zero[0])} is all zeros, so its cosine distance is undefined")
 
 
+def _cosine_similarities(words: torch.Tensor) -> torch.Tensor:
+    unit = torch.nn.functional.normalize(words.double(), dim=1)  # double: a 1e-3 distance is far above its rounding
+    return unit @ unit.T
+
+
+def near_duplicate_pairs(words: torch.Tensor, distance: float = DUPLICATE_DISTANCE) -> int:
+    """How many pairs of distinct words lie closer than `distance` in cosine distance."""
+    close = _cosine_similarities(words) > 1.0 - distance
+    return int(torch.triu(close, diagonal=1).sum())
+
+
+def merge_near_duplicates(words: torch.Tensor, counts: torch.Tensor | None = None,
+                          distance: float = DUPLICATE_DISTANCE) -> tuple[torch.Tensor, int]:
+    """Merge words closer than `distance` (cosine) into their count-weighted mean, until no such pair is
+    left. Returns (words in their original order, less the merged ones; how many were merged away)."""
+    words = words.clone()
+    weights = (counts.clone().float() if counts is not None else torch.ones(len(words))).clamp(min=1.0)
+    merged = 0
+    while True:
+        close = torch.triu(_cosine_similarities(words) > 1.0 - distance, diagonal=1)
+        if not close.any():
+            return words, merged
+        keep = torch.ones(len(words), dtype=torch.bool)
+        for i, j in close.nonzero().tolist():  # each word absorbs the later words close to it, once
+            if keep[i] and keep[j]:
+                total = weights[i] + weights[j]
+                words[i] = (words[i] * weights[i] + words[j] * weights[j]) / total
+                weights[i], keep[j] = total, False
+                merged += 1
+        words, weights = words[keep], weights[keep]
+
+
 def patch_embed_sha256(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in sorted(model.patch_embed.state_dict().items()):
@@ -270,7 +319,7 @@ def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
 
 def learn_vocabulary(
     model: torch.nn.Module,
-    images: str | os.PathLike | Iterable[torch.Tensor],
+    images: str | os.PathLike | list[Path] | Iterable[torch.Tensor],
     size: int = 1000,
     *,
     space: str = "image",
@@ -280,8 +329,10 @@ def learn_vocabulary(
     max_images: int | None = None,
     progress: bool = True,
 ) -> Vocabulary:
-    """Learn a `size`-word vocabulary from a folder of images (preprocessed as `model` expects) or from an
-    iterable of normalised pixel batches [B, C, H, W]."""
+    """Learn a vocabulary of at most `size` words from a folder of images, a list of image files (preprocessed
+    as `model` expects) or an iterable of normalised pixel batches [B, C, H, W]. Near-duplicate words are merged
+    (see the module docstring), so the result can hold fewer than `size` words; its metadata says how many
+    were merged."""
     from tqdm.auto import tqdm
 
     from ..data import iter_image_batches, list_images
@@ -295,23 +346,29 @@ def learn_vocabulary(
     km = StreamingKMeans(size, seed=seed)
     source: dict[str, Any] = {"seed": seed, "epochs": epochs}
     if isinstance(images, (str, os.PathLike)):
-        files = list_images(images)[:max_images]
-        source.update(calib=str(images), images=len(files))
+        source["calib"] = str(images)
+        images = list_images(images)
+    images = list(images)
+    from_files = bool(images) and isinstance(images[0], Path)
+    if from_files:
+        files = images[:max_images]
+        source.setdefault("calib", str(files[0].parent))
+        source["images"] = len(files)
         tf = _models.transform(model)
         bar = tqdm(total=len(files) * epochs, desc="learning vocabulary", unit="img", disable=not progress)
         batches = lambda: (b for b, _ in iter_image_batches(files, tf, batch_size, progress=bar.update))  # noqa: E731
     else:
-        images = list(images)
         bar = tqdm(total=len(images) * epochs, desc="learning vocabulary", unit="batch", disable=not progress)
         batches = lambda: iter(images)  # noqa: E731
     with torch.inference_mode(), bar:
         for _ in range(epochs):
             for pixels in batches():
                 km.partial_fit(patch_features(model, pixels.to(device), space, p))
-                if not isinstance(images, (str, os.PathLike)):
+                if not from_files:
                     bar.update(1)
-        words = km.finish()
+        words, merged = merge_near_duplicates(km.finish(), km.counts)
     source["patches"] = km.seen
+    source["near_duplicates_merged"] = merged
     source["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     cfg = _models.data_config(model)
     meta: dict[str, Any] = {"model": getattr(model, "vwt_name", None), "weights": getattr(model, "vwt_weights", None),

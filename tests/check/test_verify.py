@@ -1,0 +1,63 @@
+"""Verification of discrete decisions: matches compared exactly except at near-ties, outputs given the same matches."""
+
+import pytest
+import torch
+
+import vwt_export as vx
+from vwt_export.check.verify import verify_graph
+from vwt_export.graph.export import export_model, save_model
+from vwt_export.graph.surgery import apply_vwt
+from vwt_export.vwt.features import image_patches
+
+
+@pytest.fixture(scope="module")
+def setting():
+    model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=64, depth=1, num_classes=10)
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    words = image_patches(pixels, 16)[0].clone()  # image 0's patches match these words exactly; image 1's none
+    return model, pixels, words, export_model(model)
+
+
+def near_duplicate(a: torch.Tensor, distance: float) -> torch.Tensor:
+    """A word at cosine distance `distance` from `a`."""
+    u = torch.randn(a.shape, generator=torch.Generator().manual_seed(1))
+    u -= (u @ a) / (a @ a) * a
+    return a + u / u.norm() * a.norm() * (2 * distance) ** 0.5
+
+
+def test_matches_that_differ_only_at_near_ties_pass_and_are_counted(setting, tmp_path):
+    """Words a and b are 1e-6 apart in cosine distance, listed in opposite orders in the graph and in torch: the
+    patch equal to a matches index 0 in torch and index 1 in the graph, the same word either way."""
+    model, pixels, words, base = setting
+    a, b = words[0], near_duplicate(words[0], 1e-6)
+    rest = words[1:]
+    cmodel = vx.compress(model, "inter", vocab=vx.Vocabulary(torch.cat([a[None], b[None], rest]), patch_size=16),
+                         threshold=0.1)
+    graph_words = torch.cat([b[None], a[None], rest]).numpy()
+    path = save_model(apply_vwt(base, "inter", vocab=graph_words, threshold=0.1), tmp_path / "model.vwt.onnx")
+    v = verify_graph(path, cmodel, pixels)
+    assert v.verified and v.max_rel_err < 1e-4
+    assert v.patches == 2 * 16 and v.matches_differ >= 1 and v.near_ties >= v.matches_differ
+    assert v.images_with_near_ties == 1  # image 1 is noise: nothing near any word or the threshold
+
+
+def test_matches_that_differ_away_from_any_near_tie_fail(setting, tmp_path):
+    model, pixels, words, base = setting
+    vocab = vx.Vocabulary(words, patch_size=16)
+    cmodel = vx.compress(model, "inter", vocab=vocab, threshold=0.1)
+    path = save_model(apply_vwt(base, "inter", vocab=words.numpy(), threshold=1.5), tmp_path / "model.vwt.onnx")
+    with pytest.raises(vx.VWTError, match="patch matches differ from torch away from any near-tie"):
+        verify_graph(path, cmodel, pixels)
+
+
+def test_a_wrong_continuous_part_fails(setting, tmp_path):
+    """Same matches, different merge: the graph merges in another model's tokens."""
+    model, pixels, words, base = setting
+    other = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=64, depth=1, num_classes=10)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(1.01)
+    cmodel = vx.compress(other, "inter", vocab=vx.Vocabulary(words, patch_size=16), threshold=0.1)
+    path = save_model(apply_vwt(base, "inter", vocab=words.numpy(), threshold=0.1), tmp_path / "model.vwt.onnx")
+    with pytest.raises(vx.VWTError, match="ONNX output differs from torch"):
+        verify_graph(path, cmodel, pixels)

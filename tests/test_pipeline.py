@@ -1,0 +1,109 @@
+"""`vx.export`: the pipeline as a library, with the CLI's checks for Python callers."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import vwt_export as vx
+from vwt_export.demo import write_demo_images
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def readme_example() -> str:
+    section = README.read_text().split("## Python API", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_readme_example_runs_as_pasted(tmp_path):
+    r = subprocess.run([sys.executable, "-c", readme_example()], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[0] == str(Path("vwt-out/tiny/model.vwt.onnx"))
+    assert [line.split()[0] for line in lines[2:6]] == ["fp32", "int8", "vwt", "vwt+int8"]
+    report = json.loads((tmp_path / "vwt-out/tiny/report.json").read_text())
+    assert report["command"].startswith("vwt_export.export('vit_tiny_patch16_224', weights='random'")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"threshold": 2.5}, "threshold=2.5 is out of range"),
+    ({"mode": "intra", "keep": 1.5}, "keep=1.5 is out of range"),
+    ({"mode": "intra", "keep": "lots"}, "--keep lots"),
+    ({"mode": "intra", "grouping": "local"}, "grouping='local' merges matched words"),
+    ({"mode": "fancy"}, "mode='fancy' is not one of none, intra, inter"),
+    ({"vocab_size": 0}, "vocab_size=0"),
+    ({"batches": "0,8"}, "batch sizes"),
+    ({"backend": "tensorflow"}, "backend='tensorflow'"),
+    ({"calib": None, "val": "v"}, "inter mode needs a vocabulary"),
+    ({"mode": "intra", "calib": None}, "the checks need images"),
+    ({"trt_target": "SM89"}, "needs backend='trt'"),
+])
+def test_python_callers_get_the_same_checks_as_the_cli(options, message):
+    with pytest.raises(vx.VWTError, match=re.escape(message)):
+        vx.ExportConfig.from_options("deit_s", **{"calib": "c", **options})
+
+
+def test_the_config_is_frozen_and_grouped():
+    cfg = vx.ExportConfig.from_options("deit_s", calib="c", threshold=0.2, batches="8,1")
+    assert cfg.compression.threshold == 0.2 and cfg.checks.batches == (1, 8) and cfg.out == Path("vwt-out/deit_s-inter")
+    with pytest.raises(AttributeError):
+        cfg.compression.threshold = 0.3  # type: ignore[misc]
+    assert cfg.replace(out=Path("elsewhere")).out == Path("elsewhere") and cfg.out == Path("vwt-out/deit_s-inter")
+
+
+TINY = dict(weights="random", model_args={"img_size": 64, "depth": 1, "num_classes": 10}, progress=False)
+
+
+def test_unreadable_images_fail_before_any_slow_work(tmp_path, monkeypatch):
+    """A folder of broken files used to run k-means first; now nothing is loaded or learned."""
+    (tmp_path / "broken").mkdir()
+    for i in range(3):
+        (tmp_path / "broken" / f"{i}.jpg").write_bytes(b"not an image")
+    slow = []
+    monkeypatch.setattr("vwt_export.models.load_model", lambda *a, **k: slow.append("load") or 1 / 0)
+    with pytest.raises(vx.VWTError, match="none of the 3 image files could be read"):
+        vx.export("vit_tiny_patch16_224", calib=tmp_path / "broken", **TINY)
+    assert slow == []
+
+
+def test_a_headless_model_is_checked_by_feature_cosine(tmp_path):
+    images = write_demo_images(tmp_path / "imgs", count=4, size=64)
+    result = vx.export("vit_tiny_patch16_224", weights="random", progress=False, mode="intra", keep=8, val=images,
+                       model_args={"img_size": 64, "depth": 1, "num_classes": 0}, batches=[1], reps=1,
+                       out=tmp_path / "out")
+    assert result.report["model"]["headless"] is True
+    vwt = result.report["variants"]["vwt"]
+    assert vwt["fidelity"]["top1_agreement"] is None and vwt["accuracy"] is None
+    assert 0.0 < vwt["fidelity"]["cosine_similarity"] <= 1.0 + 1e-6
+    assert result.torch_check["top1_agreement"] is None and result.torch_check["cosine_similarity"] > 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "n/a (no classifier head)" in md
+    assert any("no classifier head" in m["why"] for m in result.not_measured)
+
+
+def test_files_and_variants_are_named_in_one_place():
+    from vwt_export.artefacts import Variant
+
+    names = {(v.name, v.onnx_file(), v.onnx_file(portable=True), v.engine_file())
+             for v in (Variant("", "fp32"), Variant("vwt", "int8"), Variant("vwt", "fp16"))}
+    assert names == {("fp32", "model.onnx", "model.onnx", "model.fp32.engine"),
+                     ("vwt+int8", "model.vwt.int8.onnx", "model.vwt.int8.portable.onnx", "model.vwt.int8.engine"),
+                     ("vwt+fp16", "model.vwt.fp16.onnx", "model.vwt.fp16.portable.onnx", "model.vwt.fp16.engine")}
+
+
+def test_tokens_are_measured_on_each_graph(tmp_path):
+    """The INT8 graph's tokens come from its own TokenMerge, not from the torch path."""
+    images = write_demo_images(tmp_path / "imgs", count=6, size=64)
+    result = vx.export("vit_tiny_patch16_224", calib=images, vocab_size=16, batches=[1], reps=1,
+                       out=tmp_path / "out", **TINY)
+    variants = result.report["variants"]
+    torch_counts = result.torch_check["counts"]
+    assert variants["vwt"]["tokens"]["counts"] == torch_counts
+    assert len(variants["vwt+int8"]["tokens"]["counts"]) == len(torch_counts)
+    assert variants["fp32"]["tokens"]["mean"] == 17 and torch.tensor(torch_counts).max() <= 17

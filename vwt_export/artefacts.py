@@ -1,0 +1,90 @@
+"""Every file and variant vwt-export writes, named in one place.
+
+A variant is a precision and a compression method; each has ONNX graphs (the custom-op form and, for
+compressed variants, the portable form with standard-op bodies) and, with TensorRT, an engine:
+
+    variant     graph(s)                                            engine
+    fp32        model.onnx                                          model.fp32.engine
+    fp16        model.fp16.onnx                                     model.fp16.engine
+    int8        model.int8.onnx                                     model.int8.engine
+    vwt         model.vwt.onnx, model.vwt.portable.onnx             model.vwt.fp32.engine
+    vwt+fp16    model.vwt.fp16.onnx, model.vwt.fp16.portable.onnx   model.vwt.fp16.engine
+    vwt+int8    model.vwt.int8.onnx, model.vwt.int8.portable.onnx   model.vwt.int8.engine
+
+Adding a variant (a precision, or a method such as ToMe) changes this module only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = {"ort": "onnxruntime-cpu", "trt": "tensorrt"}
+
+
+@dataclass(frozen=True, order=True)
+class Variant:
+    """One model the run produces: the baseline or a compressed model, in one precision."""
+
+    method: str = ""  # "" (the uncompressed baseline) or "vwt"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}")
+
+    @property
+    def name(self) -> str:
+        """fp32, int8, vwt, vwt+int8, ...: the report's row names."""
+        if not self.method:
+            return self.precision
+        return self.method if self.precision == "fp32" else f"{self.method}+{self.precision}"
+
+    @property
+    def compressed(self) -> bool:
+        return bool(self.method)
+
+    @property
+    def _stem(self) -> str:
+        return f"model.{self.method}" if self.method else "model"
+
+    def onnx_file(self, portable: bool = False) -> str:
+        """The graph's file name; `portable`: the form whose vwt ops carry standard-op bodies."""
+        precision = "" if self.precision == "fp32" else f".{self.precision}"
+        return f"{self._stem}{precision}{'.portable' if portable and self.compressed else ''}.onnx"
+
+    def onnx_forms(self) -> tuple[bool, ...]:
+        """The forms written: the custom-op graph, and for compressed variants the portable one too."""
+        return (False, True) if self.compressed else (False,)
+
+    def engine_file(self) -> str:
+        return f"{self._stem}.{self.precision}.engine"
+
+    def label(self, backend: str) -> str:
+        """The row name of this variant run on `backend` (ort or trt)."""
+        return self.name if backend == "ort" else f"trt:{self.name}"
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A written ONNX file of a variant."""
+
+    variant: Variant
+    portable: bool
+    path: Path
+
+
+def exported_precisions(backend: str) -> tuple[str, ...]:
+    """The precisions exported from torch (INT8 is quantized from FP32 afterwards). FP16 graphs are written for
+    TensorRT only: ONNX Runtime's CPU provider runs float16 slower than float32."""
+    return ("fp32", "fp16") if backend == "trt" else ("fp32",)
+
+
+def in_order(variants_: set[Variant] | list[Variant]) -> list[Variant]:
+    """Baseline first, then by method; precisions in the order fp32, fp16, int8."""
+    return sorted(variants_, key=lambda v: (v.method, PRECISIONS.index(v.precision)))
+
+
+def find(graphs: list[Graph], variant: Variant, portable: bool = False) -> Graph | None:
+    return next((g for g in graphs if g.variant == variant and g.portable == portable), None)

@@ -1,0 +1,92 @@
+"""Every written graph against the torch model of its own precision, on the same pixels.
+
+Matching is a threshold and an argmax, so two correct implementations can disagree where two words are
+equally near a patch or a similarity sits on the threshold: real vocabularies hold near-duplicate words, and
+ONNX Runtime's GEMM rounds differently from torch's. Such a patch then joins another group and the outputs
+differ, while both are correct VWT. So an inter graph is checked in two parts (DESIGN, "Verification of
+discrete decisions"):
+
+  1. its word matches (the graph's `vwt/keys` tensor) equal torch's exactly, except at near-ties
+     (`vwt_export.vwt.inter.near_ties`, within NEAR_TIE_EPS in cosine similarity), which are counted;
+  2. its output equals the torch model's run on the graph's own matches, within the tolerance.
+
+A near-tie is never an error. A match that differs away from any near-tie is (in FP32 graphs; FP16 graphs
+compute their embed-space features in float16, so there a differing match is counted and reported instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from ..errors import VWTError
+from ..graph import ops
+
+# Each graph against the torch model of its own precision. Float16 results differ with the order of summation.
+RTOL = {"fp32": 1e-4, "fp16": 1e-2}
+
+
+@dataclass
+class Verification:
+    file: str
+    verified: bool
+    max_rel_err: float | None = None
+    reason: str | None = None
+    patches: int = 0  # patch matches compared (inter graphs)
+    near_ties: int = 0  # patches whose match could go either way
+    images_with_near_ties: int = 0
+    matches_differ: int = 0  # patches matched differently by the graph (near-ties, or FP16 rounding)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def relative_error(expected: np.ndarray, actual: np.ndarray, what: str) -> float:
+    """Largest difference relative to the output scale."""
+    if actual.shape != expected.shape:
+        raise VWTError(f"{what}: output shape {actual.shape} differs from torch {expected.shape}")
+    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-6))
+
+
+def _check(err: float, rtol: float, what: str) -> float:
+    if not err <= rtol:
+        raise VWTError(f"{what}: ONNX output differs from torch by {err:.2e} (relative), over the {rtol:.0e} tolerance")
+    return err
+
+
+def verify_graph(path: Path, reference, pixels: torch.Tensor, precision: str = "fp32") -> Verification:
+    """Check `path` against `reference` (the torch module it must equal: the model, or its CompressedViT).
+
+    Raises VWTError when an FP32 graph is wrong; returns what was compared, near-ties included."""
+    from ..backends.onnxruntime import load_proto, runner
+
+    rtol, name = RTOL[precision], path.name
+    keyed = getattr(reference, "mode", None) == "inter" and any(
+        ops.KEYS_TENSOR in n.output for n in load_proto(path).graph.node)
+    if not keyed:
+        with torch.no_grad():
+            expected = reference(pixels).float().cpu().numpy()
+        actual = runner(path)(pixels.cpu().numpy())
+        return Verification(name, True, _check(relative_error(expected, actual, name), rtol, name))
+
+    from ..vwt.inter import match_keys, near_ties
+
+    logits, keys = runner(path, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).with_extras(pixels.cpu().numpy())
+    with torch.no_grad():
+        features = reference.features(pixels).float()
+        ours = match_keys(features, reference.unit_words, reference.threshold).cpu().numpy()
+        ties = near_ties(features, reference.unit_words, reference.threshold).cpu().numpy()
+        expected = reference(pixels, keys=torch.from_numpy(keys).to(pixels.device)).float().cpu().numpy()
+    differ = keys != ours
+    unexplained = differ & ~ties
+    if unexplained.any() and precision == "fp32":
+        b, n = map(int, np.argwhere(unexplained)[0])
+        raise VWTError(f"{name}: {int(unexplained.sum())} patch matches differ from torch away from any near-tie "
+                       f"(first: image {b}, patch {n}: graph key {int(keys[b, n])}, torch key {int(ours[b, n])})")
+    err = _check(relative_error(expected, logits, name), rtol, name)
+    return Verification(name, True, err, patches=int(keys.size), near_ties=int(ties.sum()),
+                        images_with_near_ties=int(ties.any(axis=1).sum()), matches_differ=int(differ.sum()))

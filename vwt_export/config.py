@@ -1,0 +1,220 @@
+"""What one export asks for: a frozen, grouped configuration, validated where it is made.
+
+    cfg = ExportConfig.from_options("deit_s", mode="inter", calib="images/", threshold=0.1)
+    cfg.compression.threshold, cfg.checks.batches, cfg.engines.backend
+
+`from_options` takes the command line's options by their flag names (`--vocab-size` is `vocab_size`), so the
+CLI and Python callers build the same object and get the same checks. Every check that needs no file and no
+model happens here; `pipeline.export` checks files and folders next, before any slow work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import VWTError
+from .vwt.features import SPACES
+from .vwt.model import GROUPINGS, MODES
+
+BACKENDS = ("ort", "trt")
+
+
+def parse_keep(value: int | float | str) -> int | float:
+    """`keep` as given: a count (147), a fraction (0.75), or either as text."""
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            raise VWTError(f"--keep {value}: give a fraction like 0.75 or a patch count like 147") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise VWTError(f"keep must be a count or a fraction, not {value!r}")
+    if isinstance(value, float) and not 0.0 < value <= 1.0:
+        raise VWTError(f"keep={value} is out of range: give a fraction in (0, 1] or a patch count")
+    if isinstance(value, int) and value < 1:
+        raise VWTError(f"keep={value} patches is out of range: keep at least 1")
+    return value
+
+
+def parse_batches(value: str | int | tuple | list) -> tuple[int, ...]:
+    """"1,8" or [1, 8] -> (1, 8), sorted and unique."""
+    items = value.split(",") if isinstance(value, str) else ([value] if isinstance(value, int) else list(value))
+    try:
+        out = tuple(sorted({int(v) for v in items if str(v).strip()}))
+    except (TypeError, ValueError):
+        out = ()
+    if not out or min(out) < 1:
+        raise VWTError(f"batch sizes {value!r}: give positive sizes like 1,8,32")
+    return out
+
+
+def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise VWTError(f"{name}={value!r}: give a whole number of at least 1")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise VWTError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    weights: str = "pretrained"  # "pretrained", "random" or a checkpoint path
+    args: Mapping[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise VWTError("give a model: an alias such as deit_s or a timm ViT name")
+        object.__setattr__(self, "args", dict(self.args))
+        for key in self.args:
+            if not str(key).isidentifier():
+                raise VWTError(f"model argument {key!r}: expected KEY=VALUE, e.g. img_size=384")
+
+
+@dataclass(frozen=True)
+class Data:
+    calib: Path | None = None  # calibration images: learn the vocabulary, calibrate INT8
+    val: Path | None = None  # check images (default: calib)
+    max_images: int | None = None
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("calib", "val"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        _positive("max_images", self.max_images, allow_none=True)
+        _positive("batch_size", self.batch_size)
+
+    @property
+    def check_folder(self) -> Path | None:
+        return self.val or self.calib
+
+
+@dataclass(frozen=True)
+class Compression:
+    mode: str = "inter"  # none | intra | inter
+    vocab: Path | None = None  # a vocabulary file; None: learn one from the calibration images
+    vocab_size: int = 1000
+    threshold: float = 0.1  # inter: largest cosine distance at which a patch matches a word
+    keep: int | float = 0.75  # intra: a patch count or a fraction
+    space: str | None = None  # image | embed; None: the vocabulary's, else image
+    prop_attn: bool = False
+    grouping: str = "global"  # inter: global (the paper) or local (4-connected components)
+    seed: int = 0  # k-means seed
+
+    def __post_init__(self) -> None:
+        _choice("mode", self.mode, MODES)
+        if self.vocab is not None:
+            object.__setattr__(self, "vocab", Path(self.vocab))
+        _positive("vocab_size", self.vocab_size)
+        if not (isinstance(self.threshold, (int, float)) and 0.0 <= self.threshold <= 2.0):
+            raise VWTError(f"threshold={self.threshold} is out of range: cosine distance lies in [0, 2]")
+        object.__setattr__(self, "threshold", float(self.threshold))
+        object.__setattr__(self, "keep", parse_keep(self.keep))
+        if self.space is not None:
+            _choice("space", self.space, SPACES)
+        _choice("grouping", self.grouping, GROUPINGS)
+        if self.grouping == "local" and self.mode != "inter":
+            raise VWTError(f"grouping='local' merges matched words, so it needs mode 'inter', not '{self.mode}'")
+
+
+@dataclass(frozen=True)
+class Checks:
+    enabled: bool = True  # compare with the uncompressed model, evaluate and time every variant
+    batches: tuple[int, ...] = (1, 8)  # batch sizes timed
+    reps: int = 10  # timed repetitions per variant and batch
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "batches", parse_batches(self.batches))
+        _positive("reps", self.reps)
+
+
+@dataclass(frozen=True)
+class Engines:
+    onnx: bool = True  # write the ONNX graphs (everything below needs them)
+    int8: bool = True  # INT8 Q/DQ variants (needs calibration images)
+    backend: str = "ort"  # ort: ONNX Runtime CPU; trt: also TensorRT engines
+    trt_target: str | None = None  # TensorRT-RTX ahead-of-time compute capability, e.g. SM89
+
+    def __post_init__(self) -> None:
+        _choice("backend", self.backend, BACKENDS)
+        if self.trt_target is not None and self.backend != "trt":
+            raise VWTError("trt_target builds TensorRT engines: it needs backend='trt'")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    model: ModelSpec
+    data: Data = field(default_factory=Data)
+    compression: Compression = field(default_factory=Compression)
+    checks: Checks = field(default_factory=Checks)
+    engines: Engines = field(default_factory=Engines)
+    out: Path | None = None  # default: vwt-out/MODEL-MODE
+    device: str = "cpu"  # torch device of the torch path
+    progress: bool = True
+    command: str | None = None  # what produced this run, for report.json; default: the Python call
+
+    def __post_init__(self) -> None:
+        out = Path(self.out) if self.out is not None else Path("vwt-out") / f"{self.model.name}-{self.compression.mode}"
+        object.__setattr__(self, "out", out)
+        c, d = self.compression, self.data
+        if c.mode == "inter" and c.vocab is None and d.calib is None:
+            raise VWTError("inter mode needs a vocabulary: pass --vocab FILE or --calib DIR to learn one (or --demo)")
+        if self.checks.enabled and d.check_folder is None:
+            raise VWTError("the checks need images: pass --val DIR or --calib DIR (or --skip-checks)")
+        if self.command is None:
+            object.__setattr__(self, "command", f"vwt_export.export({self!r})")
+
+    @classmethod
+    def from_options(cls, model: str, *, mode: str = "inter", weights: str = "pretrained",
+                     model_args: Mapping[str, Any] | None = None, calib=None, val=None, vocab=None,
+                     vocab_size: int = 1000, threshold: float = 0.1, keep: int | float | str = 0.75,
+                     space: str | None = None, prop_attn: bool = False, grouping: str = "global", out=None,
+                     skip_checks: bool = False, skip_export: bool = False, skip_int8: bool = False,
+                     backend: str = "ort", trt_target: str | None = None, batches=(1, 8), reps: int = 10,
+                     batch_size: int = 32, max_images: int | None = None, seed: int = 0, device: str = "cpu",
+                     progress: bool = True, command: str | None = None) -> "ExportConfig":
+        """The configuration from the command line's options, by their flag names."""
+        if command is None:
+            given = {k: v for k, v in locals().items() if k not in ("cls", "model", "command")}
+            defaults = {p.name: p.default for p in _OPTION_DEFAULTS}
+            changed = {k: v for k, v in given.items() if v != defaults.get(k)}
+            args = ", ".join([repr(model)] + [f"{k}={_plain(v)!r}" for k, v in changed.items()])
+            command = f"vwt_export.export({args})"
+        return cls(
+            model=ModelSpec(model, weights, model_args or {}),
+            data=Data(calib=calib, val=val, max_images=max_images, batch_size=batch_size),
+            compression=Compression(mode=mode, vocab=vocab, vocab_size=vocab_size, threshold=threshold, keep=keep,
+                                    space=space, prop_attn=prop_attn, grouping=grouping, seed=seed),
+            checks=Checks(enabled=not skip_checks, batches=batches, reps=reps),
+            engines=Engines(onnx=not skip_export, int8=not skip_int8, backend=backend, trt_target=trt_target),
+            out=out, device=device, progress=progress, command=command,
+        )
+
+    def replace(self, **groups: Any) -> "ExportConfig":
+        """A copy with whole groups or fields replaced (the original stays as it is)."""
+        return dataclasses.replace(self, **groups)
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
+def _option_defaults():
+    import inspect
+
+    params = inspect.signature(ExportConfig.from_options).parameters.values()
+    return [p for p in params if p.default is not inspect.Parameter.empty]
+
+
+_OPTION_DEFAULTS = _option_defaults()
+
+__all__ = ["BACKENDS", "Checks", "Compression", "Data", "Engines", "ExportConfig", "GROUPINGS", "ModelSpec",
+           "parse_batches", "parse_keep"]

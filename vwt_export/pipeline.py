@@ -1,0 +1,499 @@
+"""`export(config) -> ExportResult`: the whole job, the stages in order. The only module that knows them all.
+
+    import vwt_export as vx
+    result = vx.export("deit_s", mode="inter", calib="calib/", val="val/")      # or vx.export(ExportConfig(...))
+    result.graph("vwt")            # Path of model.vwt.onnx
+    result.report["variants"]      # accuracy / fidelity, tokens, latency, energy of every variant
+
+    check inputs -> load model -> vocabulary -> compress -> ONNX graphs (verified) -> INT8 -> TensorRT engines
+    -> torch check -> every variant measured -> polygraphy files -> report.json/md -> summary.json
+
+Each stage is a function of what earlier stages returned; the work itself lives in the packages below
+(vwt, graph, backends, check). Progress goes to the `vwt_export` logger (the CLI prints it) and to tqdm bars.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import artefacts
+from .artefacts import Graph, Variant
+from .config import ExportConfig
+from .errors import VWTError
+
+log = logging.getLogger("vwt_export")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the input checks found: image lists and a loaded vocabulary."""
+
+    calib_files: list[Path]
+    check_files: list[Path]
+    vocab: Any  # Vocabulary | None
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    config: ExportConfig
+    out: Path
+    graphs: list[Graph] = field(default_factory=list)  # ONNX files written
+    engines: dict[Variant, Path] = field(default_factory=dict)  # TensorRT engines
+    verification: dict[str, dict] = field(default_factory=dict)  # graph file -> check against torch
+    torch_check: dict | None = None  # tokens and agreement on the torch path
+    report: dict | None = None  # report.json
+    not_measured: list[dict[str, str]] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+
+    def graph(self, variant: str = "fp32", portable: bool = False) -> Path:
+        """The file of a variant by its report name (fp32, vwt, vwt+int8, ...)."""
+        for g in self.graphs:
+            if g.variant.name == variant and g.portable == portable:
+                return g.path
+        raise KeyError(f"no {'portable ' if portable else ''}graph of variant {variant!r} was written")
+
+    @property
+    def near_ties(self) -> dict[str, int]:
+        """Near-tie patches (and images holding any) seen while verifying the FP32 graphs."""
+        checked = [v for v in self.verification.values() if v.get("patches")]
+        worst = max(checked, key=lambda v: v["near_ties"], default={})
+        return {"patches": worst.get("near_ties", 0), "images": worst.get("images_with_near_ties", 0)}
+
+
+def export(config: ExportConfig | str, **options: Any) -> ExportResult:
+    """Run the whole job. `config` is an ExportConfig, or a model name with the command line's options as
+    keyword arguments (`vx.export("deit_s", mode="intra", keep=0.5, val="val/")`). Raises VWTError on bad input,
+    before any slow work wherever the input can be checked up front."""
+    cfg = config if isinstance(config, ExportConfig) else ExportConfig.from_options(config, **options)
+    inputs = check_inputs(cfg)
+    model = load(cfg)
+    written: list[Path] = []
+    vocab = inputs.vocab
+    if cfg.compression.mode == "inter" and vocab is None:
+        vocab = learn(cfg, model, inputs.calib_files)
+        written.append(vocab.save(cfg.out / "vocab.safetensors"))
+    cmodel = compress(cfg, model, vocab)
+    not_measured: list[dict[str, str]] = []
+    graphs, verification, engines = [], {}, {}
+    if cfg.engines.onnx:
+        graphs, verification = export_graphs(cfg, model, cmodel, vocab, inputs)
+        graphs += quantize(cfg, model, graphs, inputs, not_measured)
+        engines = build_engines(cfg, graphs, not_measured)
+        written += [g.path for g in graphs] + [p for e in engines.values() for p in (e, _sidecar(e))]
+    else:
+        not_measured.append({"what": "ONNX graphs, INT8 variants, engines", "why": "skipped (--skip-export)"})
+    torch_check = check_torch(cfg, model, cmodel, inputs) if cfg.checks.enabled else None
+    report = None
+    if cfg.checks.enabled and graphs:
+        variants = check_variants(cfg, model, graphs, engines, inputs, not_measured)
+        polygraphy = polygraphy_files(cfg, model, cmodel, inputs)
+        written += [cfg.out / p for p in ("polygraphy/inputs.json", *polygraphy["outputs"])]
+        report, files = write_report(cfg, model, cmodel, vocab, inputs, variants, verification, polygraphy,
+                                     not_measured)
+        written += files
+    result = ExportResult(cfg, cfg.out, graphs, engines, verification, torch_check, report, not_measured, written)
+    written.append(write_summary(cfg, model, cmodel, vocab, result))
+    return result
+
+
+# -- stages -------------------------------------------------------------------------------------------------
+
+
+def check_inputs(cfg: ExportConfig) -> Inputs:
+    """Every input file and folder, before any slow work, so that mistakes fail in a second."""
+    from .data import readable_images
+    from .vwt import Vocabulary
+
+    d, c = cfg.data, cfg.compression
+    calib = readable_images(d.calib, d.max_images) if d.calib else []
+    check = readable_images(d.val, d.max_images) if d.val else (calib if cfg.checks.enabled else [])
+    vocab = None
+    if c.mode == "inter" and c.vocab is not None:
+        vocab = Vocabulary.load(c.vocab, space=c.space)
+        if c.space and vocab.space != c.space:
+            raise VWTError(f"{c.vocab}: a {vocab.space}-space vocabulary, but --space {c.space} was given")
+    if cfg.engines.backend == "trt" and cfg.engines.onnx:
+        from .backends.tensorrt import import_tensorrt
+
+        import_tensorrt()  # no TensorRT, no point exporting for it
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise VWTError(f"{cfg.out}: exists and is not a folder; pass another --out")
+    return Inputs(calib, check, vocab)
+
+
+def load(cfg: ExportConfig):
+    from .models import load_model
+
+    m = cfg.model
+    log.info("loading %s (weights: %s)", m.name, m.weights)
+    model = load_model(m.name, m.weights, device=cfg.device, **m.args)
+    if m.weights == "random":
+        log.warning("random weights: outputs are meaningless for accuracy; agreement figures only show that the "
+                    "pipeline works")
+    return model
+
+
+def learn(cfg: ExportConfig, model, calib_files: list[Path]):
+    from .vwt import learn_vocabulary
+
+    c = cfg.compression
+    space = c.space or "image"
+    log.info("learning a %d-word %s-space vocabulary from %d images in %s", c.vocab_size, space, len(calib_files),
+             cfg.data.calib)
+    vocab = learn_vocabulary(model, calib_files, c.vocab_size, space=space, batch_size=cfg.data.batch_size,
+                             seed=c.seed, progress=cfg.progress)
+    merged = vocab.meta["source"].get("near_duplicates_merged", 0)
+    if merged:
+        log.info("merged %d near-duplicate words: the vocabulary holds %d", merged, vocab.size)
+    return vocab
+
+
+def compress(cfg: ExportConfig, model, vocab, rounded_copy: bool = False):
+    """The torch reference of the compressed model (for a float16 copy of the model, `rounded_copy`)."""
+    from .vwt import compress as vwt_compress
+
+    c = cfg.compression
+    with warnings.catch_warnings():
+        if rounded_copy:  # a float16 copy's patch embedding is the vocabulary's own, rounded: not what this warns of
+            warnings.filterwarnings("ignore", "embedding-space vocabulary was learned with other")
+        return vwt_compress(model, c.mode, vocab=vocab, threshold=c.threshold, keep=c.keep, space=c.space,
+                            prop_attn=c.prop_attn, grouping=c.grouping)
+
+
+def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tuple[list[Graph], dict[str, dict]]:
+    """The FP32 graphs (and with --backend trt their float16 twins), each verified against the torch model of
+    its precision before the next stage uses it."""
+    from .check.verify import verify_graph
+    from .graph.export import cast_model, export_model, save_model
+    from .graph.surgery import apply_vwt, make_portable
+    from .vwt.intra import resolve_keep
+
+    c = cfg.compression
+    pixels = verification_pixels(model, inputs.check_files or inputs.calib_files).to(cfg.device)
+    graphs: list[Graph] = []
+    verification: dict[str, dict] = {}
+    for precision in artefacts.exported_precisions(cfg.engines.backend):
+        typed = cast_model(model, precision)
+        ctyped = cmodel if typed is model else compress(cfg, typed, vocab, rounded_copy=True)
+        log.info("exporting the %s baseline to ONNX", precision.upper())
+        base = export_model(typed, precision=precision)
+        protos = [(Variant("", precision), False, base, _float32_in(typed))]
+        if c.mode != "none":
+            vwt = apply_vwt(base, c.mode, vocab=vocab.words.numpy() if vocab is not None else None,
+                            threshold=c.threshold, keep=resolve_keep(c.keep, ctyped.num_patches), space=ctyped.space,
+                            prop_attn=c.prop_attn, pooling=typed.global_pool, grouping=c.grouping)
+            protos += [(Variant("vwt", precision), False, vwt, ctyped),
+                       (Variant("vwt", precision), True, make_portable(vwt), ctyped)]
+        for variant, portable, proto, reference in protos:
+            path = save_model(proto, cfg.out / variant.onnx_file(portable))
+            graphs.append(Graph(variant, portable, path))
+            verification[path.name] = _verify(verify_graph, path, reference, pixels, precision)
+    return graphs, verification
+
+
+def _verify(verify_graph, path: Path, reference, pixels, precision: str) -> dict:
+    """FP32 graphs must verify (a miss is an error); FP16 misses and a missing op library are warnings."""
+    try:
+        v = verify_graph(path, reference, pixels, precision)
+    except VWTError as e:
+        if precision == "fp32" and "op library" not in str(e):
+            raise
+        log.warning("%s written but not verified: %s", path.name, e)
+        return {"file": path.name, "verified": False, "reason": str(e)}
+    ties = (f"; {v.near_ties} near-tie patches in {v.images_with_near_ties} images ({v.matches_differ} matched "
+            "differently, all of them at near-ties)" if v.near_ties else "")
+    log.info("verified %s against torch (%s) on %d images: max relative error %.1e%s", path.name, precision,
+             len(pixels), v.max_rel_err, ties)
+    return v.as_dict()
+
+
+def _float32_in(model):
+    """The model taking float32 pixels whatever its dtype, as its ONNX export does (CompressedViT already does)."""
+    dtype = model.patch_embed.proj.weight.dtype
+    return model if dtype == torch.float32 else (lambda pixels: model(pixels.to(dtype)))
+
+
+def verification_pixels(model, files: list[Path]) -> torch.Tensor:
+    """Up to 8 check images (a batch with padding in it), or seeded noise when there are none."""
+    from .data import iter_image_batches
+    from .models import transform
+
+    if files:
+        return next(iter_image_batches(files[:8], transform(model), 8))[0]
+    c, (h, w) = model.patch_embed.proj.in_channels, model.patch_embed.img_size
+    return torch.randn(4, c, h, w, generator=torch.Generator().manual_seed(0))
+
+
+def _pixels(model, files: list[Path], limit: int) -> np.ndarray:
+    from .data import iter_image_batches
+    from .models import transform
+
+    return np.concatenate([b.numpy() for b, _ in iter_image_batches(files[:limit], transform(model), 16)])
+
+
+def quantize(cfg: ExportConfig, model, graphs: list[Graph], inputs: Inputs, not_measured: list) -> list[Graph]:
+    """INT8 twins (explicit Q/DQ) of the FP32 graphs, calibrated on the calibration images."""
+    import onnx
+
+    from .graph.export import save_model
+    from .graph.quantize import quantize_int8
+
+    if not cfg.engines.int8:
+        not_measured.append({"what": "INT8 variants", "why": "skipped (--skip-int8)"})
+        return []
+    if not inputs.calib_files:
+        not_measured.append({"what": "INT8 variants", "why": "no --calib images to calibrate on (validation "
+                             "images are never used for calibration)"})
+        return []
+    source = [g for g in graphs if g.variant.precision == "fp32" and not g.portable]
+    pixels = _pixels(model, inputs.calib_files, 32)
+    batches = [pixels[i : i + 8] for i in range(0, len(pixels), 8)]
+    out = []
+    for g in source:
+        variant = Variant(g.variant.method, "int8")
+        log.info("quantizing %s to INT8 (Q/DQ, calibrated on %d images)", g.path.name, len(pixels))
+        q = quantize_int8(onnx.load(str(g.path)), batches, portable=True)
+        for portable in reversed(variant.onnx_forms()):  # the portable form first: it keeps the function bodies
+            if not portable:
+                del q.functions[:]
+            out.append(Graph(variant, portable, save_model(q, cfg.out / variant.onnx_file(portable))))
+    return out
+
+
+def build_engines(cfg: ExportConfig, graphs: list[Graph], not_measured: list) -> dict[Variant, Path]:
+    """--backend trt: a TensorRT engine (+ JSON sidecar) per variant, strongly typed from the graph of its
+    precision; compressed variants from the plugin graphs when the plugin library exists, else the portable ones."""
+    if cfg.engines.backend != "trt":
+        return {}
+    from .backends import tensorrt as vtrt
+    from .plugins import trt_plugin_library
+
+    trt, flavour = vtrt.import_tensorrt()
+    try:
+        plugin = trt_plugin_library()
+    except VWTError:
+        plugin = None
+        not_measured.append({"what": "TensorRT plugin path", "why": "libvwt_trt_plugin.so is not built (no TensorRT "
+                             "headers at build time); the VWT engines are built from the portable graphs"})
+    engines = {}
+    for variant in artefacts.in_order({g.variant for g in graphs}):
+        source = artefacts.find(graphs, variant, portable=variant.compressed and plugin is None)
+        engine = cfg.out / variant.engine_file()
+        log.info("building TensorRT engine %s (%s %s, from %s)", engine.name, flavour, trt.__version__, source.path.name)
+        settings = vtrt.BuildSettings(precision=variant.precision, batches=list(cfg.checks.batches),
+                                      compute_capability=cfg.engines.trt_target,
+                                      timing_cache=str(cfg.out / "timing.cache"))
+        try:
+            vtrt.build_engine(source.path, engine, settings)
+        except VWTError as e:
+            not_measured.append({"what": f"TensorRT {variant.name} engine", "why": str(e)})
+            log.warning("%s", e)
+            continue
+        engines[variant] = engine
+    return engines
+
+
+def _sidecar(engine: Path) -> Path:
+    return Path(str(engine) + ".json")
+
+
+def check_torch(cfg: ExportConfig, model, cmodel, inputs: Inputs) -> dict:
+    """Tokens kept and agreement with the uncompressed model, on the torch path."""
+    from tqdm.auto import tqdm
+
+    from .check.accuracy import compare
+    from .models import transform
+
+    with tqdm(total=len(inputs.check_files), desc="checking (torch)", unit="img", disable=not cfg.progress) as bar:
+        a = compare(model, cmodel, inputs.check_files, transform(model), cfg.data.batch_size, cfg.device,
+                    progress=bar.update)
+    return {"images_from": str(cfg.data.check_folder), **a.as_dict(), "counts": a.counts}
+
+
+def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[Variant, Path], inputs: Inputs,
+                   not_measured: list) -> dict[str, dict]:
+    """Every variant over the check images: fidelity to FP32, accuracy with labels, tokens, latency, energy.
+    One runner per variant serves every measurement."""
+    from tqdm.auto import tqdm
+
+    from .check import energy, latency
+    from .check.accuracy import read_labels
+    from .check.variants import Candidate, evaluate, load_runner, merge_share, outputs, token_stats
+    from .models import is_headless, transform
+
+    # ONNX Runtime's CPU provider runs float16 slower than float32: FP16 is timed on TensorRT only
+    ort_graphs = {g.variant: g.path for g in graphs if not g.portable and g.variant.precision != "fp16"}
+    candidates = [Candidate(v.label("ort"), v, ort_graphs[v]) for v in artefacts.in_order(ort_graphs)]
+    if engines:
+        try:
+            from .backends.tensorrt import current_gpu
+
+            if cfg.engines.trt_target:
+                raise VWTError(f"engines were built ahead of time for {cfg.engines.trt_target.upper()}; run them "
+                               "there (vwt_export.runtime.load checks that the GPU matches)")
+            current_gpu()
+            candidates += [Candidate(v.label("trt"), v, engines[v], "tensorrt") for v in artefacts.in_order(engines)]
+        except VWTError as e:
+            not_measured.append({"what": "TensorRT engines (accuracy, latency)", "why": f"not run: {e}"})
+    runners = {c.label: load_runner(c) for c in candidates}
+    labels = read_labels(cfg.data.check_folder, inputs.check_files)
+    headless = is_headless(model)
+    with tqdm(total=len(inputs.check_files), desc="evaluating variants", unit="img", disable=not cfg.progress) as bar:
+        logits, tokens = outputs(candidates, runners, inputs.check_files, transform(model), cfg.data.batch_size,
+                                 progress=bar.update)
+    results = evaluate(candidates, logits, labels, headless)
+    batches = cfg.checks.batches
+    pixels = _pixels(model, inputs.check_files, max(batches))
+    feeds = {b: np.resize(pixels, (b, *pixels.shape[1:])) for b in batches}
+    with tqdm(total=3 + cfg.checks.reps, desc="timing (interleaved)", unit="rep", disable=not cfg.progress) as bar:
+        timing = latency.measure(runners, feeds, warmup=3, reps=cfg.checks.reps, progress=bar.update)
+    tokens_in = model.num_prefix_tokens + model.patch_embed.num_patches
+    out = {}
+    for c in candidates:
+        if c.variant.compressed:
+            measured = tokens.get(c.label)
+            counts = token_stats(measured) if measured else None
+        else:
+            counts = token_stats([tokens_in] * len(inputs.check_files))
+        r = results[c.label]
+        r["tokens"] = counts
+        r["latency"] = timing[c.label]
+        if c.backend == "tensorrt":
+            r["energy"] = energy.measure_gpu(lambda f=runners[c.label]: f(feeds[max(batches)]), max(batches))
+        else:
+            r["energy"] = energy.measure_cpu_variant()
+        r["merge_share"] = merge_share(c.path, pixels[:4]) if c.variant.compressed and c.backend != "tensorrt" else None
+        out[c.label] = {"file": c.path.name, "backend": c.backend, "precision": c.variant.precision,
+                        "vwt": c.variant.compressed, **r}
+    if any(c.backend == "tensorrt" and c.variant.compressed for c in candidates):
+        not_measured.append({"what": "tokens of the TensorRT engines", "why": "an engine returns logits only"})
+    not_measured.append({"what": "FP16 variants on ONNX Runtime CPU", "why": "CPUs without native float16 "
+                         "arithmetic run float16 graphs slower than float32 (DeiT-S batch 1 on this project's CI "
+                         "machine: 72 ms vs 53 ms), so FP16 is timed on TensorRT only; --backend trt writes and "
+                         "verifies model.fp16.onnx and model.vwt.fp16.onnx"})
+    not_measured.append({"what": "energy", "why": energy.measure_cpu_variant()["reason"]})
+    if headless:
+        not_measured.append({"what": "accuracy and top-k agreement", "why": "the model has no classifier head "
+                             "(num_classes=0): its outputs are features, so fidelity is their cosine to FP32"})
+    elif labels is None:
+        not_measured.append({"what": "accuracy", "why": f"{cfg.data.check_folder} has no labels (class subfolders "
+                             "or a labels file); fidelity to FP32 is reported instead"})
+    return out
+
+
+def polygraphy_files(cfg: ExportConfig, model, cmodel, inputs: Inputs) -> dict:
+    """Check inputs and torch FP32 reference outputs in Polygraphy's JSON format, and the commands to use them."""
+    from polygraphy.comparator import RunResults
+    from polygraphy.comparator.struct import IterationResult
+    from polygraphy.json import save_json
+    from polygraphy.logger import G_LOGGER
+
+    from .atomic import atomic_path
+
+    G_LOGGER.module_severity = G_LOGGER.ERROR  # its per-file "Saving inference results" lines are noise here
+    folder = cfg.out / "polygraphy"
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = _pixels(model, inputs.check_files, 8)
+    with atomic_path(folder / "inputs.json") as tmp:
+        save_json([{"pixels": pixels}], str(tmp))
+    references = [(Variant("", "fp32"), model)]
+    if cfg.compression.mode != "none":
+        references.append((Variant("vwt", "fp32"), cmodel))
+    outputs, commands = {}, []
+    with torch.no_grad():
+        for variant, module in references:
+            name = f"polygraphy/{variant.onnx_file().removesuffix('.onnx')}.outputs.json"
+            results = RunResults()
+            logits = module(torch.from_numpy(pixels).to(cfg.device)).float().cpu().numpy()
+            results.append(("torch-fp32", [IterationResult({"logits": logits}, runner_name="torch-fp32")]))
+            with atomic_path(cfg.out / name) as tmp:
+                results.save(str(tmp))
+            outputs[name] = f"torch fp32 {variant.name}"
+            # a graph whose matches sit on near-ties may differ from torch there: the run's verification counts them
+            commands += [f"polygraphy run {cfg.out / variant.onnx_file(portable)} --onnxrt --load-inputs "
+                         f"{folder / 'inputs.json'} --load-outputs {cfg.out / name} --atol 1e-4 --rtol 1e-3"
+                         for portable in variant.onnx_forms()]
+    return {"inputs": "polygraphy/inputs.json", "outputs": outputs, "commands": commands}
+
+
+def write_report(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs, variants: dict, verification: dict,
+                 polygraphy: dict, not_measured: list) -> tuple[dict, list[Path]]:
+    import datetime
+    import os
+
+    import onnx
+    import onnxruntime
+    import timm
+
+    from . import __version__
+    from .check import report as rep
+    from .check.accuracy import read_labels
+    from .models import is_headless
+
+    report = {
+        "schema": rep.SCHEMA, "version": rep.VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": cfg.command,
+        "model": {**_model_facts(cfg, model, cmodel), "headless": is_headless(model),
+                  "num_prefix_tokens": model.num_prefix_tokens, "num_patches": model.patch_embed.num_patches},
+        "settings": _settings(cfg, cmodel, vocab),
+        "environment": {"python": platform.python_version(), "platform": platform.platform(),
+                        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                        "torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
+                        "onnxruntime": onnxruntime.__version__, "vwt_export": __version__, "gpu": None},
+        "images": {"folder": str(cfg.data.check_folder), "count": len(inputs.check_files),
+                   "labelled": read_labels(cfg.data.check_folder, inputs.check_files) is not None,
+                   "calib": str(cfg.data.calib) if cfg.data.calib else None, "calib_count": len(inputs.calib_files)},
+        "variants": variants,
+        "verification": verification,
+        "not_measured": not_measured,
+        "polygraphy": polygraphy,
+    }
+    return report, rep.write(report, cfg.out)
+
+
+def write_summary(cfg: ExportConfig, model, cmodel, vocab, result: ExportResult) -> Path:
+    import timm
+
+    from . import __version__
+    from .atomic import write_text
+
+    summary = {
+        **_model_facts(cfg, model, cmodel), "mode": cfg.compression.mode, "command": cfg.command,
+        "settings": _settings(cfg, cmodel, vocab),
+        "versions": {"vwt_export": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                     "python": platform.python_version()},
+        "onnx": result.verification, "near_ties": result.near_ties,
+        "engines": {v.name: p.name for v, p in result.engines.items()},
+        "not_measured": result.not_measured,
+    }
+    if result.torch_check is not None:
+        summary["torch_check"] = {k: v for k, v in result.torch_check.items() if k != "counts"}
+    path = cfg.out / "summary.json"
+    write_text(path, json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+def _model_facts(cfg: ExportConfig, model, cmodel) -> dict:
+    return {"name": cfg.model.name, "timm_name": model.default_cfg.get("architecture"), "weights": cfg.model.weights,
+            "weights_meaningful": cfg.model.weights != "random", "tokens_in": cmodel.tokens_in}
+
+
+def _settings(cfg: ExportConfig, cmodel, vocab) -> dict:
+    c = cfg.compression
+    settings: dict[str, Any] = {"mode": c.mode, "model_args": dict(cfg.model.args), "prop_attn": c.prop_attn}
+    if c.mode == "intra":
+        settings.update(keep=c.keep, space=cmodel.space)
+    if c.mode == "inter":
+        settings.update(threshold=c.threshold, space=cmodel.space, grouping=c.grouping, vocab_size=vocab.size,
+                        vocab=str(c.vocab or cfg.out / "vocab.safetensors"))
+    return settings

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""The CPU table of issue 4: FP32, INT8, VWT and VWT + INT8 on ONNX Runtime CPU, timed side by side in one run.
+"""The CPU table: FP32, INT8, VWT and VWT + INT8 on ONNX Runtime CPU, timed side by side in one run.
 
     python scripts/bench_variants.py [--model deit_s] [--weights random] [--calib DIR] [--val DIR] [--batch 1,8]
 
-A thin wrapper over `vwt-export ... --reps 20`: it runs the full job and prints report.md's table. Without
---calib/--val it uses the built-in synthetic scenes and random weights, so only latency and tokens mean
+A thin wrapper over `vwt_export.export(..., reps=20)`: it runs the full job and prints report.md's table.
+Without --calib/--val it uses the built-in synthetic scenes and random weights, so only latency and tokens mean
 anything; the expected order on CPU is vwt+int8 < vwt < int8 < fp32 in latency.
 """
 
@@ -15,7 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vwt_export.cli import main  # noqa: E402
+import vwt_export as vx  # noqa: E402
+from vwt_export.check.report import markdown  # noqa: E402
+from vwt_export.demo import write_demo_images  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--model", default="deit_s")
@@ -23,13 +25,12 @@ ap.add_argument("--weights", default=None)
 ap.add_argument("--calib", default=None)
 ap.add_argument("--val", default=None)
 ap.add_argument("--batch", default="1,8")
-ap.add_argument("--reps", default="20")
+ap.add_argument("--reps", type=int, default=20)
 ap.add_argument("--out", default=None)
 args = ap.parse_args()
-argv = [args.model, "--mode", "inter", "--batch", args.batch, "--reps", args.reps, "--quiet",
-        "--out", args.out or tempfile.mkdtemp(prefix="vwt-bench-variants-")]
-if args.calib:
-    argv += ["--calib", args.calib, "--weights", args.weights or "pretrained"] + (["--val", args.val] if args.val else [])
-else:
-    argv += ["--demo"] + (["--weights", args.weights] if args.weights else [])
-main(argv)
+out = Path(args.out or tempfile.mkdtemp(prefix="vwt-bench-variants-"))
+calib = args.calib or write_demo_images(out / "demo-images")
+result = vx.export(args.model, mode="inter", weights=args.weights or ("pretrained" if args.calib else "random"),
+                   calib=calib, val=args.val, batches=args.batch, reps=args.reps, out=out, progress=False,
+                   command=" ".join(["scripts/bench_variants.py", *sys.argv[1:]]))
+print(markdown(result.report).split("Graphs verified against torch")[0].rstrip())

@@ -26,13 +26,10 @@ class _OnnxRuntimeWithVwtOps:
     def InferenceSession(self, model, sess_options=None, providers=None, **kwargs):  # noqa: N802 (onnxruntime's name)
         import onnx
 
-        from .backends.onnxruntime import needs_op_library
-        from .plugins import ort_library
+        from .backends.onnxruntime import load_proto, register_op_library
 
-        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model), load_external_data=False)
-        if needs_op_library(proto):
-            sess_options = sess_options or self._real.SessionOptions()
-            sess_options.register_custom_ops_library(self._library or str(ort_library()))
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else load_proto(model)
+        sess_options = register_op_library(sess_options or self._real.SessionOptions(), proto, self._library)
         return self._real.InferenceSession(model, sess_options=sess_options, providers=providers, **kwargs)
 
 

@@ -58,8 +58,15 @@ def session_options(proto: onnx.ModelProto, name: str = "model", profile: bool =
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="vwt-profile-")) / "ort")
+    return register_op_library(so, proto)
+
+
+def register_op_library(so, proto: onnx.ModelProto, library: str | os.PathLike | None = None):
+    """Register the vwt op library on SessionOptions `so` if the graph needs it; returns `so`."""
+    import onnxruntime as ort
+
     if needs_op_library(proto):
-        lib = ort_library()
+        lib = library or ort_library()
         try:
             so.register_custom_ops_library(str(lib))
         except Exception as e:

@@ -14,6 +14,13 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
             "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "runs": int(len(ms))}
 
 
+def rotated(names: list[str], k: int) -> list[str]:
+    """The run order for round k: each variant goes first, second, ... equally often, so that neither cache
+    state nor clock drift favours one."""
+    k %= len(names)
+    return names[k:] + names[:k]
+
+
 def measure(runners: dict[str, Callable[[np.ndarray], object]], inputs: dict[int, np.ndarray], warmup: int = 3,
             reps: int = 20, progress: Callable[[int], None] | None = None) -> dict[str, dict[int, dict[str, float]]]:
     """{variant: {batch: percentiles + throughput}} for each runner and each batch size.
@@ -23,9 +30,8 @@ def measure(runners: dict[str, Callable[[np.ndarray], object]], inputs: dict[int
     names = list(runners)
     samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in inputs}
     for rep in range(warmup + reps):
-        order = names[rep % len(names):] + names[: rep % len(names)]
         for b, x in inputs.items():
-            for name in order:
+            for name in rotated(names, rep):
                 t0 = time.perf_counter()
                 runners[name](x)
                 dt = time.perf_counter() - t0

@@ -107,3 +107,36 @@ def test_tokens_are_measured_on_each_graph(tmp_path):
     assert variants["vwt"]["tokens"]["counts"] == torch_counts
     assert len(variants["vwt+int8"]["tokens"]["counts"]) == len(torch_counts)
     assert variants["fp32"]["tokens"]["mean"] == 17 and torch.tensor(torch_counts).max() <= 17
+
+
+def test_a_sweep_ranks_every_setting_on_the_same_images(tmp_path):
+    images = write_demo_images(tmp_path / "imgs", count=6, size=64)
+    result = vx.export("vit_tiny_patch16_224", calib=images, vocab_size=16, batches=[1], reps=2, skip_int8=True,
+                       sweep=["threshold=0.05,0.3", "grouping=global,local", "keep=0.5"], out=tmp_path / "out", **TINY)
+    sweep = result.report["sweep"]
+    labels = {r["label"] for r in sweep["ranked"]}
+    assert labels == {"fp32", "vwt global t=0.05", "vwt local t=0.05", "vwt global t=0.3", "vwt local t=0.3",
+                      "intra keep=0.5"}
+    rows = {r["label"]: r for r in sweep["ranked"]}
+    assert rows["fp32"]["quality"] == pytest.approx(1.0, abs=1e-6) and rows["fp32"]["pareto"]
+    assert rows["intra keep=0.5"]["tokens"] == 1 + 8
+    # local grouping merges only touching patches: never fewer tokens than global at the same threshold
+    assert rows["vwt local t=0.3"]["tokens"] >= rows["vwt global t=0.3"]["tokens"]
+    assert rows["vwt global t=0.3"]["tokens"] <= rows["vwt global t=0.05"]["tokens"]
+    qualities = [r["quality"] for r in sweep["ranked"]]
+    assert qualities == sorted(qualities, reverse=True)
+    assert (tmp_path / "out" / "plots" / "tradeoff.png").is_file()
+    assert "## Trade-off sweep" in (tmp_path / "out" / "report.md").read_text()
+    assert all(result.verification[f"sweep/{Path(r['file']).name}"]["verified"] for r in sweep["ranked"]
+               if r["file"].startswith("sweep/"))
+
+
+def test_pareto_front_and_sweep_parsing():
+    from vwt_export.check.sweep import pareto_front, parse
+
+    assert pareto_front([(10, 0.9), (5, 0.95), (7, 0.99), (3, 0.5), (8, 0.98)]) == [3, 1, 2]
+    assert parse(["threshold=0.05,0.1", "r=8", "keep=0.5,147"]) == {"threshold": (0.05, 0.1), "r": (8,),
+                                                                     "keep": (0.5, 147)}
+    for bad in ("threshold=3", "speed=1", "r=-1", "grouping=blobs", "threshold"):
+        with pytest.raises(vx.VWTError, match="--sweep"):
+            parse([bad])

@@ -101,6 +101,9 @@ def _print_result(result) -> None:
 @click.option("--reps", type=click.IntRange(min=1), default=10, show_default=True, help="timed repetitions per variant and batch")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="use at most N images of each folder")
+@click.option("--sweep", multiple=True, metavar="KEY=V1,V2",
+              help="measure many settings on the same images and plot the trade-off; KEY: threshold, grouping "
+              "(VWT inter), keep (intra), r (ToMe); repeatable")
 @click.option("--seed", type=int, default=0, show_default=True, help="k-means seed")
 @click.option("--device", default="cpu", show_default=True, help="torch device for the torch path (cpu, cuda)")
 @click.option("--demo", is_flag=True, help="offline demo: random weights and built-in synthetic images")

@@ -130,10 +130,14 @@ class Checks:
     enabled: bool = True  # compare with the uncompressed model, evaluate and time every variant
     batches: tuple[int, ...] = (1, 8)  # batch sizes timed
     reps: int = 10  # timed repetitions per variant and batch
+    sweep: Mapping[str, tuple] = field(default_factory=dict)  # {threshold|grouping|keep|r: values} (check/sweep.py)
 
     def __post_init__(self) -> None:
+        from .check.sweep import parse
+
         object.__setattr__(self, "batches", parse_batches(self.batches))
         _positive("reps", self.reps)
+        object.__setattr__(self, "sweep", parse(self.sweep) if self.sweep else {})
 
 
 @dataclass(frozen=True)
@@ -169,8 +173,16 @@ class ExportConfig:
             raise VWTError("inter mode needs a vocabulary: pass --vocab FILE or --calib DIR to learn one (or --demo)")
         if self.checks.enabled and d.check_folder is None:
             raise VWTError("the checks need images: pass --val DIR or --calib DIR (or --skip-checks)")
+        if self.checks.sweep and not (self.checks.enabled and self.engines.onnx):
+            raise VWTError("--sweep measures ONNX graphs on the check images: drop --skip-checks / --skip-export")
+        if self.needs_vocabulary and c.vocab is None and d.calib is None:
+            raise VWTError("sweeping threshold or grouping needs a vocabulary: pass --vocab FILE or --calib DIR")
         if self.command is None:
             object.__setattr__(self, "command", f"vwt_export.export({self!r})")
+
+    @property
+    def needs_vocabulary(self) -> bool:
+        return self.compression.mode == "inter" or bool({"threshold", "grouping"} & set(self.checks.sweep))
 
     @classmethod
     def from_options(cls, model: str, *, mode: str = "inter", weights: str = "pretrained",
@@ -180,7 +192,7 @@ class ExportConfig:
                      skip_checks: bool = False, skip_export: bool = False, skip_int8: bool = False,
                      backend: str = "ort", trt_target: str | None = None, batches=(1, 8), reps: int = 10,
                      batch_size: int = 32, max_images: int | None = None, seed: int = 0, device: str = "cpu",
-                     progress: bool = True, command: str | None = None) -> "ExportConfig":
+                     sweep=(), progress: bool = True, command: str | None = None) -> "ExportConfig":
         """The configuration from the command line's options, by their flag names."""
         if command is None:
             given = {k: v for k, v in locals().items() if k not in ("cls", "model", "command")}
@@ -193,7 +205,7 @@ class ExportConfig:
             data=Data(calib=calib, val=val, max_images=max_images, batch_size=batch_size),
             compression=Compression(mode=mode, vocab=vocab, vocab_size=vocab_size, threshold=threshold, keep=keep,
                                     space=space, prop_attn=prop_attn, grouping=grouping, seed=seed),
-            checks=Checks(enabled=not skip_checks, batches=batches, reps=reps),
+            checks=Checks(enabled=not skip_checks, batches=batches, reps=reps, sweep=sweep),
             engines=Engines(onnx=not skip_export, int8=not skip_int8, backend=backend, trt_target=trt_target),
             out=out, device=device, progress=progress, command=command,
         )

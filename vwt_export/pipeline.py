@@ -78,7 +78,7 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
     model = load(cfg)
     written: list[Path] = []
     vocab = inputs.vocab
-    if cfg.compression.mode == "inter" and vocab is None:
+    if cfg.needs_vocabulary and vocab is None:
         vocab = learn(cfg, model, inputs.calib_files)
         written.append(vocab.save(cfg.out / "vocab.safetensors"))
     cmodel = compress(cfg, model, vocab)
@@ -95,10 +95,14 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
     report = None
     if cfg.checks.enabled and graphs:
         variants = check_variants(cfg, model, graphs, engines, inputs, not_measured)
+        sweep = None
+        if cfg.checks.sweep:
+            sweep, sweep_graphs = run_sweep(cfg, model, vocab, graphs, inputs, verification)
+            written += sweep_graphs
         polygraphy = polygraphy_files(cfg, model, cmodel, inputs)
         written += [cfg.out / p for p in ("polygraphy/inputs.json", *polygraphy["outputs"])]
         report, files = write_report(cfg, model, cmodel, vocab, inputs, variants, verification, polygraphy,
-                                     not_measured)
+                                     not_measured, sweep)
         written += files
     result = ExportResult(cfg, cfg.out, graphs, engines, verification, torch_check, report, not_measured, written)
     written.append(write_summary(cfg, model, cmodel, vocab, result))
@@ -390,6 +394,77 @@ def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[
     return out
 
 
+def run_sweep(cfg: ExportConfig, model, vocab, graphs: list[Graph], inputs: Inputs,
+              verification: dict) -> tuple[dict, list[Path]]:
+    """--sweep: every setting exported, verified and measured with the run's FP32 and INT8 graphs on the same
+    images, in one interleaved timing run; ranked, with the Pareto front, and plotted."""
+    import dataclasses
+
+    import onnx
+
+    from .check import latency, sweep as sw
+    from .check.accuracy import accuracy, fidelity, read_labels
+    from .check.variants import Candidate, load_runner, outputs
+    from .check.verify import verify_graph
+    from .graph.export import save_model
+    from .models import is_headless, transform
+
+    c = cfg.compression
+    base_path = artefacts.find(graphs, Variant("", "fp32")).path
+    base = onnx.load(str(base_path))
+    pixels = verification_pixels(model, inputs.check_files)
+    candidates = [Candidate(v.name, v, artefacts.find(graphs, v).path) for v in (Variant("", "fp32"), Variant("", "int8"))
+                  if artefacts.find(graphs, v)]
+    methods = {v.name: ("fp32" if v.precision == "fp32" else "int8") for v in (cd.variant for cd in candidates)}
+    files = []
+    for setting in sw.settings(cfg.checks.sweep, c.threshold, c.grouping):
+        params = dict(setting.params)
+        log.info("sweep: exporting %s", setting.label)
+        if setting.method == "tome":
+            from .graph.tome_export import export_tome
+            from .tome import compress_tome
+
+            reference = compress_tome(model, params["r"], prop_attn=True)
+            proto = export_tome(reference)
+        else:
+            mode = "inter" if setting.method == "vwt" else "intra"
+            setting_cfg = dataclasses.replace(c, mode=mode, **params)
+            reference = compress(cfg.replace(compression=setting_cfg), model, vocab)
+            from .graph.surgery import apply_vwt
+            from .vwt.intra import resolve_keep
+
+            proto = apply_vwt(base, mode, vocab=vocab.words.numpy() if vocab is not None else None,
+                              threshold=setting_cfg.threshold, keep=resolve_keep(setting_cfg.keep, reference.num_patches),
+                              space=reference.space, prop_attn=c.prop_attn, pooling=model.global_pool,
+                              grouping=setting_cfg.grouping)
+        path = save_model(proto, cfg.out / "sweep" / setting.file)
+        files.append(path)
+        verification[f"sweep/{path.name}"] = _verify(verify_graph, path, reference, pixels, "fp32")
+        candidates.append(Candidate(setting.label, Variant("vwt", "fp32"), path))
+        methods[setting.label] = setting.method
+    runners = {cd.label: load_runner(cd) for cd in candidates}
+    logits, tokens = outputs(candidates, runners, inputs.check_files, transform(model), cfg.data.batch_size)
+    labels = read_labels(cfg.data.check_folder, inputs.check_files)
+    use_accuracy = labels is not None and not is_headless(model)
+    images = _pixels(model, inputs.check_files, 8)
+    per_image = {name: (lambda _x, f=f: [f(images[i : i + 1]) for i in range(len(images))]) for name, f in runners.items()}
+    timing = latency.measure(per_image, {1: images[:1]}, warmup=2, reps=cfg.checks.reps)
+    tokens_in = model.num_prefix_tokens + model.patch_embed.num_patches
+    rows = []
+    for cd in candidates:
+        quality = (accuracy(logits[cd.label], labels)["top1"] if use_accuracy
+                   else fidelity(logits["fp32"], logits[cd.label], headless=True)["cosine_similarity"])
+        counts = tokens.get(cd.label)
+        rows.append({"label": cd.label, "method": methods[cd.label], "file": str(cd.path.relative_to(cfg.out)),
+                     "quality": quality, "tokens": (sum(counts) / len(counts)) if counts else
+                     (tokens_in if methods[cd.label] in ("fp32", "int8") else None),
+                     "latency_ms": timing[cd.label][1]["p50_ms"] / len(images)})
+    result = {"images": len(inputs.check_files), "quality": "top-1 accuracy" if use_accuracy else
+              "cosine of the outputs to FP32", "ranked": sw.rank(rows), "plot": "plots/tradeoff.png"}
+    sw.plot_tradeoff(result["ranked"], result["quality"], cfg.out / result["plot"])
+    return result, files + [cfg.out / result["plot"]]
+
+
 def polygraphy_files(cfg: ExportConfig, model, cmodel, inputs: Inputs) -> dict:
     """Check inputs and torch FP32 reference outputs in Polygraphy's JSON format, and the commands to use them."""
     from polygraphy.comparator import RunResults
@@ -426,7 +501,7 @@ def polygraphy_files(cfg: ExportConfig, model, cmodel, inputs: Inputs) -> dict:
 
 
 def write_report(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs, variants: dict, verification: dict,
-                 polygraphy: dict, not_measured: list) -> tuple[dict, list[Path]]:
+                 polygraphy: dict, not_measured: list, sweep: dict | None) -> tuple[dict, list[Path]]:
     import datetime
     import os
 
@@ -457,6 +532,7 @@ def write_report(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs, varian
         "verification": verification,
         "not_measured": not_measured,
         "polygraphy": polygraphy,
+        **({"sweep": sweep} if sweep else {}),
     }
     return report, rep.write(report, cfg.out)
 

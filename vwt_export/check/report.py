@@ -15,6 +15,8 @@ report.json, version 1:
   verification {file: {verified, max_rel_err | reason, patches, near_ties, images_with_near_ties, matches_differ}}
   not_measured [{what, why}]
   polygraphy   {inputs, outputs: {file: reference}, commands}
+  sweep        (with --sweep) {images, quality, plot, ranked: [{label, method, file, quality, tokens, latency_ms,
+               pareto}]}
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ def markdown(report: dict) -> str:
         lines.append("Share of run time spent labelling and merging (batch 1, ONNX Runtime profiler): "
                      + ", ".join(f"{n} {x:.1%}" for n, x in shares.items()) + ".")
         lines.append("")
+    if report.get("sweep"):
+        from .sweep import markdown as sweep_markdown
+
+        lines += sweep_markdown(report["sweep"])
     checked = report.get("verification") or {}
     if checked:
         lines += ["Graphs verified against torch on the same images (matches compared exactly except at near-ties, "

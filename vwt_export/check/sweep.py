@@ -1,0 +1,152 @@
+"""The trade-off sweep: many compression settings measured on the same images, ranked, and plotted.
+
+    --sweep threshold=0.05,0.1,0.2 --sweep grouping=global,local --sweep keep=0.5,0.75 --sweep r=8,16
+
+Each key belongs to one method: threshold and grouping to VWT inter (every combination of the two), keep to
+VWT intra, r to ToMe. Every setting becomes one graph (OUT/sweep/model.<setting>.onnx), verified against its
+torch model, then measured with the run's own FP32 and INT8 graphs in one interleaved timing run: quality (top-1
+accuracy with labels, else the cosine of the outputs to FP32's), tokens, batch-1 latency. The Pareto front is
+the settings no other setting beats on both quality and latency.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import parse_keep
+from ..errors import VWTError
+from ..vwt.model import GROUPINGS
+
+
+def _positive_int(v: str) -> int:
+    n = int(v)
+    if n < 0:
+        raise ValueError(v)
+    return n
+
+
+def _grouping(v: str) -> str:
+    if v not in GROUPINGS:
+        raise ValueError(v)
+    return v
+
+
+KEYS = {"threshold": float, "grouping": _grouping, "keep": parse_keep, "r": _positive_int}
+
+
+def parse(items: list[str] | tuple[str, ...] | dict) -> dict[str, tuple]:
+    """["threshold=0.05,0.1", "r=8"] (or {key: values}) -> {"threshold": (0.05, 0.1), "r": (8,)}."""
+    if isinstance(items, dict):
+        items = [f"{k}={','.join(map(str, v if isinstance(v, (list, tuple)) else [v]))}" for k, v in items.items()]
+    out: dict[str, tuple] = {}
+    for item in items:
+        key, sep, values = str(item).partition("=")
+        if not sep or key not in KEYS or not values.strip():
+            raise VWTError(f"--sweep {item}: expected KEY=V1,V2,... with KEY one of {', '.join(KEYS)}")
+        try:
+            parsed = tuple(KEYS[key](v.strip()) for v in values.split(",") if v.strip())
+        except (ValueError, VWTError):
+            raise VWTError(f"--sweep {item}: a value is not a valid {key}") from None
+        if key == "threshold" and not all(0.0 <= t <= 2.0 for t in parsed):
+            raise VWTError(f"--sweep {item}: thresholds are cosine distances in [0, 2]")
+        out[key] = out.get(key, ()) + parsed
+    return out
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One point of the sweep: a method and its parameters."""
+
+    method: str  # vwt (inter), intra, tome
+    params: tuple[tuple[str, Any], ...]
+
+    @property
+    def label(self) -> str:
+        p = dict(self.params)
+        if self.method == "vwt":
+            return f"vwt {p['grouping']} t={p['threshold']:g}"
+        if self.method == "intra":
+            return f"intra keep={p['keep']:g}"
+        return f"tome r={p['r']}"
+
+    @property
+    def file(self) -> str:
+        return "model." + self.label.replace(" ", "-").replace("=", "") + ".onnx"
+
+
+def settings(sweep: dict[str, tuple], threshold: float, grouping: str) -> list[Setting]:
+    """Every setting the sweep asks for; inter settings combine thresholds and groupings (the run's own value
+    standing in for the key not swept)."""
+    out = []
+    if "threshold" in sweep or "grouping" in sweep:
+        for t, g in itertools.product(sweep.get("threshold", (threshold,)), sweep.get("grouping", (grouping,))):
+            out.append(Setting("vwt", (("threshold", float(t)), ("grouping", g))))
+    out += [Setting("intra", (("keep", k),)) for k in sweep.get("keep", ())]
+    out += [Setting("tome", (("r", r),)) for r in sweep.get("r", ())]
+    return list(dict.fromkeys(out))
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points (latency, quality) that no other point beats on both (lower latency, higher
+    quality), in order of latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def rank(rows: list[dict]) -> list[dict]:
+    """Rows {label, latency_ms, quality, ...} sorted by quality, best first; each marked `pareto`."""
+    front = set(pareto_front([(r["latency_ms"], r["quality"]) for r in rows]))
+    marked = [{**r, "pareto": i in front} for i, r in enumerate(rows)]
+    return sorted(marked, key=lambda r: (-r["quality"], r["latency_ms"]))
+
+
+MARKERS = {"fp32": "s", "int8": "D", "vwt": "o", "intra": "^", "tome": "v"}
+
+
+def plot_tradeoff(rows: list[dict], quality_name: str, path: Path) -> None:
+    """Quality against batch-1 latency, one marker per method, the Pareto front drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = [r for r in rows if r["method"] == method]
+        ax.scatter([r["latency_ms"] for r in pts], [r["quality"] for r in pts], marker=MARKERS.get(method, "o"),
+                   label=method, s=40)
+        for r in pts:
+            ax.annotate(r["label"], (r["latency_ms"], r["quality"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7)
+    front = [r for r in sorted(rows, key=lambda r: r["latency_ms"]) if r.get("pareto")]
+    ax.plot([r["latency_ms"] for r in front], [r["quality"] for r in front], "k--", lw=1, label="Pareto front")
+    ax.set_xlabel("p50 latency at batch 1 (ms)")
+    ax.set_ylabel(quality_name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def markdown(sweep: dict) -> list[str]:
+    """report.md's ranking table."""
+    lines = [f"## Trade-off sweep ({sweep['images']} images, quality = {sweep['quality']})", "",
+             "| rank | setting | quality | tokens | p50 ms @1 | Pareto |", "|---|---|---|---|---|---|"]
+    for i, r in enumerate(sweep["ranked"], 1):
+        tokens = "n/a" if r.get("tokens") is None else f"{r['tokens']:.1f}"
+        lines.append(f"| {i} | {r['label']} | {r['quality']:.4f} | {tokens} | {r['latency_ms']:.1f} | "
+                     f"{'yes' if r['pareto'] else ''} |")
+    return lines + ["", f"![tradeoff]({sweep['plot']})", ""]

@@ -8,7 +8,14 @@ LIB    := vwt_export/lib/libvwt_ort_ops.so
 
 .PHONY: setup demo test clean
 
-setup: $(VENV)/.setup-done $(LIB) $(VENV)/.trt-rtx
+# The TensorRT plugin library is built too when TENSORRT_ROOT names a folder holding include/NvInferRuntime.h
+# (the include/ of NVIDIA's open-source TensorRT repository at a release tag will do; never committed here).
+# Default: ~/.cache/vwt-export/tensorrt, where it exists.
+TENSORRT_ROOT ?= $(wildcard $(HOME)/.cache/vwt-export/tensorrt)
+TRT_LIB := vwt_export/lib/libvwt_trt_plugin.so
+NATIVE  := $(LIB) $(if $(TENSORRT_ROOT),$(TRT_LIB))
+
+setup: $(VENV)/.setup-done $(NATIVE) $(VENV)/.trt-rtx-link
 
 $(VENV)/.setup-done: pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,10 +29,20 @@ $(VENV)/.trt-rtx: $(VENV)/.setup-done
 		|| echo "note: tensorrt-rtx did not install; the TensorRT tests will skip"
 	@touch $@
 
+# TensorRT-RTX's ONNX parser opens the unversioned libtensorrt_rtx.so when it loads a plugin, and the wheel ships
+# only libtensorrt_rtx.so.1: without this link the parser kills the process on the first graph with a vwt node.
+$(VENV)/.trt-rtx-link: $(VENV)/.trt-rtx
+	@d=$$($(BIN)/python -c "import importlib.util as u; s = u.find_spec('tensorrt_rtx_libs'); print(s.submodule_search_locations[0] if s else '')"); \
+	if [ -n "$$d" ] && [ -f "$$d/libtensorrt_rtx.so.1" ]; then \
+		ln -sfn libtensorrt_rtx.so.1 "$$d/libtensorrt_rtx.so" && echo "tensorrt-rtx: linked $$d/libtensorrt_rtx.so -> libtensorrt_rtx.so.1"; \
+	fi
+	@touch $@
+
 # The ONNX Runtime op library (CUDA kernels too where nvcc exists); headers come from ONNXRUNTIME_INCLUDE_DIR or
 # Debian's libonnxruntime-dev (scripts/fetch_ort_headers.py).
-$(LIB): $(wildcard plugins/*.txt plugins/*/*.txt plugins/*/*.h plugins/*/*.cc plugins/*/*.cpp plugins/*/*.cu) $(VENV)/.setup-done
-	cmake -S plugins -B build/plugins -DPython3_EXECUTABLE=$(abspath $(BIN)/python) > build-plugins.log 2>&1 || (cat build-plugins.log; exit 1)
+$(NATIVE) &: $(wildcard plugins/*.txt plugins/*/*.txt plugins/*/*.h plugins/*/*.cc plugins/*/*.cpp plugins/*/*.cu) $(VENV)/.setup-done
+	cmake -S plugins -B build/plugins -DPython3_EXECUTABLE=$(abspath $(BIN)/python) \
+		$(if $(TENSORRT_ROOT),-DTENSORRT_ROOT=$(abspath $(TENSORRT_ROOT))) > build-plugins.log 2>&1 || (cat build-plugins.log; exit 1)
 	cmake --build build/plugins -j2 >> build-plugins.log 2>&1 || (cat build-plugins.log; exit 1)
 	cmake --install build/plugins --prefix vwt_export >> build-plugins.log 2>&1
 	@grep "vwt:" build-plugins.log

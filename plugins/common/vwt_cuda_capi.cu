@@ -1,6 +1,7 @@
 // A C interface to the CUDA kernels, exported by the op library so that scripts/gpu_check.py can test them
-// against the reference directly on device pointers (torch tensors), with no ONNX Runtime CUDA build needed.
-// Every function returns 0 on success, or 1 with the message in vwt_cuda_last_error().
+// against the reference directly on device pointers (torch tensors), with no ONNX Runtime CUDA build and no
+// TensorRT needed. Every function returns 0 on success, or 1 with the message in vwt_cuda_last_error().
+// UNVERIFIED: no GPU in this project's workplace; compiled with nvcc only.
 #include <stdexcept>
 #include <string>
 
@@ -25,33 +26,22 @@ int guarded(Fn&& fn) {
 
 VWT_EXPORT const char* vwt_cuda_last_error() { return last_error.c_str(); }
 
-VWT_EXPORT int vwt_cuda_word_labels(const float* features, const float* vocab, int64_t B, int64_t N, int64_t F,
-                                    int64_t V, float threshold, int64_t* labels, void* stream) {
+VWT_EXPORT size_t vwt_cuda_workspace_size(int64_t B, int64_t N) { return vwt::cuda::token_merge_workspace_size(B, N); }
+
+// Phase 1 alone: *length (device int64) = P + M; `workspace` keeps the groups for phase 2.
+VWT_EXPORT int vwt_cuda_token_merge_groups(const int64_t* keys, int64_t B, int64_t N, int64_t P, int64_t grid_w,
+                                           void* workspace, int64_t* length, void* stream) {
   return guarded([&] {
-    vwt::cuda::word_labels(features, vocab, B, N, F, V, threshold, labels, static_cast<cudaStream_t>(stream));
+    vwt::cuda::token_merge_groups(keys, B, N, P, grid_w, workspace, length, static_cast<cudaStream_t>(stream));
   });
 }
 
-VWT_EXPORT int vwt_cuda_token_merge(const void* tokens, int half, const int64_t* labels, int64_t B, int64_t N,
-                                    int64_t P, int64_t D, int64_t M, void* merged, float* sizes, void* stream) {
+// Phase 2: M >= 0 as read back by the caller (the ONNX Runtime path), M < 0 read on the device with outputs laid
+// out for the length phase 1 computed (the TensorRT path, buffers sized for the bound P + N).
+VWT_EXPORT int vwt_cuda_token_merge_rows(const void* tokens, int half, int64_t B, int64_t N, int64_t P, int64_t D,
+                                         int64_t M, const void* workspace, void* merged, float* sizes, void* stream) {
   return guarded([&] {
-    auto s = static_cast<cudaStream_t>(stream);
-    if (half) vwt::cuda::token_merge_half(tokens, labels, B, N, P, D, M, merged, sizes, s);
-    else vwt::cuda::token_merge(static_cast<const float*>(tokens), labels, B, N, P, D, M, static_cast<float*>(merged), sizes, s);
+    vwt::cuda::token_merge_rows(tokens, half != 0, B, N, P, D, M, workspace, merged, sizes,
+                                static_cast<cudaStream_t>(stream));
   });
-}
-
-// The TensorRT path: M computed on the device, merge launched for the upper bound, no synchronisation.
-VWT_EXPORT int vwt_cuda_token_merge_dds(const void* tokens, int half, const int64_t* labels, int64_t B, int64_t N,
-                                        int64_t P, int64_t D, int64_t* m, void* merged, float* sizes, void* stream) {
-  return guarded([&] {
-    auto s = static_cast<cudaStream_t>(stream);
-    vwt::cuda::max_groups(labels, B, N, m, s);
-    if (half) vwt::cuda::token_merge_dds_half(tokens, labels, B, N, P, D, m, merged, sizes, s);
-    else vwt::cuda::token_merge_dds(static_cast<const float*>(tokens), labels, B, N, P, D, m, static_cast<float*>(merged), sizes, s);
-  });
-}
-
-VWT_EXPORT int vwt_cuda_max_label(const int64_t* labels, int64_t count, int64_t* out, void* stream) {
-  return guarded([&] { *out = vwt::cuda::max_label(labels, count, static_cast<cudaStream_t>(stream)); });
 }

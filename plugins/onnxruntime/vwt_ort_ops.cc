@@ -1,17 +1,19 @@
-// ONNX Runtime custom-op library for the vwt ops: CPU kernels (and CUDA EP kernels when built with CUDA).
+// ONNX Runtime custom-op library for vwt::TokenMerge (domain "vwt", opset 2): a CPU kernel, and a CUDA EP
+// kernel when built with CUDA.
 //
 // Load it with SessionOptions.register_custom_ops_library(path) (Python) or RegisterCustomOpsLibrary (C/C++).
 // It does not link against libonnxruntime: the API table comes from the runtime that loads it
 // (ORT_API_MANUAL_INIT), and a runtime older than the headers it was built with is refused with a clear
-// error instead of crashing.
+// error instead of crashing. The op declares opset 2 only, so a graph importing vwt opset 1 (WordLabels, and a
+// TokenMerge with other inputs and outputs) finds no kernel instead of running with other semantics.
 #define ORT_API_MANUAL_INIT
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
 #include <exception>
-#include <type_traits>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "vwt_cpu.h"
@@ -34,9 +36,7 @@ struct OrtParallelFor {
   }
 };
 
-OrtStatusPtr to_status(const std::exception& e) {
-  return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, e.what());
-}
+OrtStatusPtr to_status(const std::exception& e) { return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, e.what()); }
 
 std::vector<int64_t> shape_of(const Ort::ConstValue& v) { return v.GetTensorTypeAndShapeInfo().GetShape(); }
 
@@ -46,117 +46,107 @@ std::string dims(const std::vector<int64_t>& s) {
   return out + "]";
 }
 
-// ---- WordLabels ------------------------------------------------------------------------------------------
+int64_t optional_int(const Ort::ConstKernelInfo& ki, const char* name, int64_t fallback) {
+  try {
+    return ki.GetAttribute<int64_t>(name);
+  } catch (const Ort::Exception&) {
+    return fallback;  // attribute absent
+  }
+}
 
-struct WordLabelsKernel {
-  float threshold;
-  bool on_cuda;
-  vwt::PackedVocab constant_vocab;  // packed at session creation when the vocabulary is an initializer
-
-  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
-    try {
-      Ort::KernelContext ctx(context);
-      auto features = ctx.GetInput(0), vocab = ctx.GetInput(1);
-      const auto fs = shape_of(features), vs = shape_of(vocab);
-      if (fs.size() != 3 || vs.size() != 2 || fs[2] != vs[1] || vs[0] < 1) {
-        throw std::invalid_argument("WordLabels: expected features [B, N, F] and vocab [V, F] with V >= 1, got " +
-                                    dims(fs) + " and " + dims(vs));
-      }
-      auto labels = ctx.GetOutput(0, {fs[0], fs[1]});
-      if (on_cuda) {
 #ifdef VWT_WITH_CUDA
-        vwt::cuda::word_labels(features.GetTensorData<float>(), vocab.GetTensorData<float>(), fs[0], fs[1], fs[2],
-                               vs[0], threshold, labels.GetTensorMutableData<int64_t>(),
-                               static_cast<cudaStream_t>(ctx.GetGPUComputeStream()));
+void cuda_check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess) throw std::runtime_error(std::string("vwt CUDA ") + what + ": " + cudaGetErrorString(err));
+}
+
+// One pinned int64 per thread for reading the merged length back: allocated on a thread's first call, reused
+// after (a pageable copy would stage through a driver buffer and cost a second synchronisation).
+int64_t* pinned_length_slot() {
+  struct Slot {
+    int64_t* p = nullptr;
+    ~Slot() {
+      if (p) cudaFreeHost(p);
+    }
+  };
+  thread_local Slot slot;
+  if (slot.p == nullptr) cuda_check(cudaMallocHost(reinterpret_cast<void**>(&slot.p), sizeof(int64_t)), "pinned slot");
+  return slot.p;
+}
+
+// Scratch from ONNX Runtime's CUDA allocator (its arena: no cudaMalloc in steady state), released when the
+// kernel returns; work still queued on the stream may use it, as with ONNX Runtime's own scratch buffers,
+// because whatever reuses it next is ordered after it on the same stream.
+struct Scratch {
+  OrtAllocator* allocator;
+  void* p;
+  Scratch(OrtAllocator* a, size_t bytes) : allocator(a), p(a->Alloc(a, bytes)) {
+    if (p == nullptr) throw std::runtime_error("TokenMerge: ONNX Runtime's CUDA allocator returned no scratch");
+  }
+  ~Scratch() { allocator->Free(allocator, p); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
 #endif
-        return nullptr;
-      }
-      const bool prepacked = constant_vocab.V == vs[0] && constant_vocab.F == vs[1];
-      vwt::PackedVocab per_call;
-      if (!prepacked) per_call = vwt::pack_vocab(vocab.GetTensorData<float>(), vs[0], vs[1]);
-      vwt::word_labels_cpu(features.GetTensorData<float>(), prepacked ? constant_vocab : per_call, fs[0], fs[1],
-                           threshold, labels.GetTensorMutableData<int64_t>(), OrtParallelFor{ctx});
-      return nullptr;
-    } catch (const std::exception& e) {
-      return to_status(e);
-    }
-  }
-};
-
-struct WordLabelsOp : Ort::CustomOpBase<WordLabelsOp, WordLabelsKernel, true> {
-  explicit WordLabelsOp(const char* provider) : provider_(provider) {}
-  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
-    try {
-      Ort::ConstKernelInfo ki(info);
-      auto* k = new WordLabelsKernel{ki.GetAttribute<float>("threshold"), std::string(provider_) == "CUDAExecutionProvider", {}};
-      int is_constant = 0;
-      Ort::ConstValue vocab = ki.GetTensorConstantInput(1, &is_constant);
-      if (is_constant && !k->on_cuda) {
-        const auto vs = shape_of(vocab);
-        if (vs.size() == 2 && vs[0] >= 1) k->constant_vocab = vwt::pack_vocab(vocab.GetTensorData<float>(), vs[0], vs[1]);
-      }
-      *kernel = k;
-      return nullptr;
-    } catch (const std::exception& e) {
-      return to_status(e);
-    }
-  }
-  const char* GetName() const { return "WordLabels"; }
-  const char* GetExecutionProviderType() const { return provider_; }
-  size_t GetInputTypeCount() const { return 2; }
-  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64; }
-
- private:
-  const char* provider_;
-};
-
-// ---- TokenMerge ------------------------------------------------------------------------------------------
 
 template <class T>
 struct TokenMergeKernel {
-  int64_t num_prefix;
+  int64_t num_prefix, grid_w;
   bool on_cuda;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     try {
       Ort::KernelContext ctx(context);
-      auto tokens = ctx.GetInput(0), labels = ctx.GetInput(1);
-      const auto ts = shape_of(tokens), ls = shape_of(labels);
-      if (ts.size() != 3 || ls.size() != 2 || ts[0] != ls[0] || num_prefix < 0 || ts[1] != num_prefix + ls[1]) {
-        throw std::invalid_argument("TokenMerge: expected tokens [B, P+N, D] and labels [B, N] with P = " +
-                                    std::to_string(num_prefix) + ", got " + dims(ts) + " and " + dims(ls));
+      auto tokens = ctx.GetInput(0), keys = ctx.GetInput(1);
+      const auto ts = shape_of(tokens), ks = shape_of(keys);
+      if (ts.size() != 3 || ks.size() != 2 || ts[0] != ks[0]) {
+        throw std::invalid_argument("TokenMerge: expected tokens [B, P+N, D] and keys [B, N], got " + dims(ts) +
+                                    " and " + dims(ks));
       }
-      const int64_t B = ts[0], N = ls[1], D = ts[2], P = num_prefix;
-      if (on_cuda) {
-#ifdef VWT_WITH_CUDA
-        auto stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
-        // The merged length is data-dependent: ONNX Runtime allocates outputs on request, so read it back.
-        const int64_t M = vwt::cuda::max_label(labels.GetTensorData<int64_t>(), B * N, stream) + 1;
-        if (M > N) throw std::invalid_argument("TokenMerge: a label is outside [0, N)");
-        auto merged = ctx.GetOutput(0, {B, P + M, D});
-        auto sizes = ctx.GetOutput(1, {B, P + M});
-        if constexpr (std::is_same_v<T, float>) {
-          vwt::cuda::token_merge(tokens.GetTensorData<float>(), labels.GetTensorData<int64_t>(), B, N, P, D, M,
-                                 merged.GetTensorMutableData<float>(), sizes.GetTensorMutableData<float>(), stream);
-        } else {
-          vwt::cuda::token_merge_half(tokens.GetTensorData<T>(), labels.GetTensorData<int64_t>(), B, N, P, D, M,
-                                      merged.GetTensorMutableData<T>(), sizes.GetTensorMutableData<float>(), stream);
-        }
-#endif
-        return nullptr;
-      }
-      const int64_t M = (B * N == 0) ? 0 : vwt::checked_max_label(labels.GetTensorData<int64_t>(), B, N) + 1;
+      const int64_t B = ts[0], N = ks[1], D = ts[2], P = num_prefix;
+      vwt::check_token_merge_shapes(B, ts[1], N, P, grid_w);
+      auto length = ctx.GetOutput(2, std::vector<int64_t>{});
+      if (on_cuda) return compute_cuda(ctx, tokens, keys, length, B, N, P, D);
+      std::vector<int64_t> labels(static_cast<size_t>(B * N)), groups(static_cast<size_t>(B));
+      const int64_t M = vwt::token_merge_groups_cpu(keys.GetTensorData<int64_t>(), B, N, grid_w, labels.data(),
+                                                    groups.data(), OrtParallelFor{ctx});
       auto merged = ctx.GetOutput(0, {B, P + M, D});
       auto sizes = ctx.GetOutput(1, {B, P + M});
-      vwt::token_merge_cpu(tokens.GetTensorData<T>(), labels.GetTensorData<int64_t>(), B, N, P, D, M,
-                           merged.GetTensorMutableData<T>(), sizes.GetTensorMutableData<float>(), ToFloat{},
-                           FromFloat{}, OrtParallelFor{ctx});
+      *length.GetTensorMutableData<int64_t>() = P + M;
+      vwt::token_merge_cpu(tokens.GetTensorData<T>(), labels.data(), groups.data(), B, N, P, D, M,
+                           merged.GetTensorMutableData<T>(), sizes.GetTensorMutableData<float>(), ToFloat{}, FromFloat{},
+                           OrtParallelFor{ctx});
       return nullptr;
     } catch (const std::exception& e) {
       return to_status(e);
     }
+  }
+
+  // UNVERIFIED (no GPU here): phase 1 on the device, the length read back (the call's one host
+  // synchronisation: ONNX Runtime allocates outputs by shape), then the rows.
+  OrtStatusPtr compute_cuda(Ort::KernelContext& ctx, Ort::ConstValue& tokens, Ort::ConstValue& keys,
+                            Ort::UnownedValue& length, int64_t B, int64_t N, int64_t P, int64_t D) {
+#ifdef VWT_WITH_CUDA
+    auto stream = static_cast<cudaStream_t>(ctx.GetGPUComputeStream());
+    int device = 0;
+    cuda_check(cudaGetDevice(&device), "device");
+    Ort::MemoryInfo cuda_memory("Cuda", OrtArenaAllocator, device, OrtMemTypeDefault);
+    const OrtMemoryInfo* cuda_memory_info = cuda_memory;
+    Scratch scratch(ctx.GetAllocator(*cuda_memory_info), vwt::cuda::token_merge_workspace_size(B, N));
+    int64_t* length_device = length.GetTensorMutableData<int64_t>();
+    vwt::cuda::token_merge_groups(keys.GetTensorData<int64_t>(), B, N, P, grid_w, scratch.p, length_device, stream);
+    int64_t* host = pinned_length_slot();
+    cuda_check(cudaMemcpyAsync(host, length_device, sizeof(int64_t), cudaMemcpyDeviceToHost, stream), "length copy");
+    cuda_check(cudaStreamSynchronize(stream), "synchronise");
+    const int64_t M = *host - P;
+    if (M < 0 || M > N) throw std::runtime_error("TokenMerge: CUDA kernel produced length " + std::to_string(*host));
+    auto merged = ctx.GetOutput(0, {B, P + M, D});
+    auto sizes = ctx.GetOutput(1, {B, P + M});
+    vwt::cuda::token_merge_rows(tokens.GetTensorData<T>(), !std::is_same_v<T, float>, B, N, P, D, M, scratch.p,
+                                merged.GetTensorMutableData<T>(), sizes.GetTensorMutableData<float>(), stream);
+    return nullptr;
+#else
+    throw std::runtime_error("TokenMerge: this library was built without CUDA");
+#endif
   }
 
   // functors (not function pointers) so that the conversions inline into the merge loops
@@ -174,11 +164,19 @@ struct TokenMergeKernel {
 
 template <class T>
 struct TokenMergeOp : Ort::CustomOpBase<TokenMergeOp<T>, TokenMergeKernel<T>, true> {
-  explicit TokenMergeOp(const char* provider) : provider_(provider) {}
+  explicit TokenMergeOp(const char* provider) : provider_(provider) {
+    this->start_ver_ = VWT_OPS_OPSET;  // opset 2 only: a v1 node is refused, never run with v2 semantics
+    this->end_ver_ = VWT_OPS_OPSET;
+  }
   OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
     try {
-      const int64_t p = Ort::ConstKernelInfo(info).GetAttribute<int64_t>("num_prefix");
-      *kernel = new TokenMergeKernel<T>{p, std::string(provider_) == "CUDAExecutionProvider"};
+      Ort::ConstKernelInfo ki(info);
+      const int64_t p = ki.GetAttribute<int64_t>("num_prefix"), g = optional_int(ki, "grid_w", 0);
+      if (p < 0 || g < 0) {
+        throw std::invalid_argument("TokenMerge: num_prefix (" + std::to_string(p) + ") and grid_w (" +
+                                    std::to_string(g) + ") must be >= 0");
+      }
+      *kernel = new TokenMergeKernel<T>{p, g, std::string(provider_) == "CUDAExecutionProvider"};
       return nullptr;
     } catch (const std::exception& e) {
       return to_status(e);
@@ -190,9 +188,9 @@ struct TokenMergeOp : Ort::CustomOpBase<TokenMergeOp<T>, TokenMergeKernel<T>, tr
   ONNXTensorElementDataType GetInputType(size_t i) const {
     return i == 0 ? element_type() : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
   }
-  size_t GetOutputTypeCount() const { return 2; }
+  size_t GetOutputTypeCount() const { return 3; }
   ONNXTensorElementDataType GetOutputType(size_t i) const {
-    return i == 0 ? element_type() : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    return i == 0 ? element_type() : (i == 1 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64);
   }
 
  private:
@@ -203,11 +201,9 @@ struct TokenMergeOp : Ort::CustomOpBase<TokenMergeOp<T>, TokenMergeKernel<T>, tr
 };
 
 // The op objects must outlive every session that uses them.
-WordLabelsOp word_labels_cpu_op("CPUExecutionProvider");
 TokenMergeOp<float> token_merge_cpu_op("CPUExecutionProvider");
 TokenMergeOp<Ort::Float16_t> token_merge_cpu_op_f16("CPUExecutionProvider");
 #ifdef VWT_WITH_CUDA
-WordLabelsOp word_labels_cuda_op("CUDAExecutionProvider");
 TokenMergeOp<float> token_merge_cuda_op("CUDAExecutionProvider");
 TokenMergeOp<Ort::Float16_t> token_merge_cuda_op_f16("CUDAExecutionProvider");
 #endif
@@ -222,14 +218,8 @@ extern "C" {
 // The library's own version (vwt_version.h), read by vwt_export/plugins.py before registering.
 __attribute__((visibility("default"))) const char* vwt_library_version() { return VWT_LIBRARY_VERSION; }
 
-// 1 when the CUDA kernels were compiled in.
-__attribute__((visibility("default"))) int vwt_has_cuda() {
-#ifdef VWT_WITH_CUDA
-  return 1;
-#else
-  return 0;
-#endif
-}
+// The vwt op domain version the library implements.
+__attribute__((visibility("default"))) int vwt_ops_opset() { return VWT_OPS_OPSET; }
 
 __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
                                                                                 const OrtApiBase* api_base) {
@@ -246,11 +236,9 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
   try {
     std::call_once(domain_once, [] {
       domain = new Ort::CustomOpDomain(VWT_OPS_DOMAIN);
-      domain->Add(&word_labels_cpu_op);
       domain->Add(&token_merge_cpu_op);
       domain->Add(&token_merge_cpu_op_f16);
 #ifdef VWT_WITH_CUDA
-      domain->Add(&word_labels_cuda_op);
       domain->Add(&token_merge_cuda_op);
       domain->Add(&token_merge_cuda_op_f16);
 #endif

@@ -9,10 +9,15 @@ graphs (no implicit INT8 calibrators, no precision flags: TensorRT 11 and Tensor
 TensorRT 10 and 11 (`tensorrt`) and TensorRT-RTX (`tensorrt_rtx`, which can build on a machine without a GPU
 for a named compute capability).
 
-Verified in this project: building FP32, FP16 and INT8 engines from model.onnx, model.vwt.portable.onnx, their
-float16 twins and the Q/DQ graphs with TensorRT-RTX 1.7 on a CPU-only machine (tests/backends/test_tensorrt.py),
-and the sidecar checks. Not verified (no TensorRT GPU machine was available): running engines (`load_engine`),
-the plugin path (model.vwt.onnx with libvwt_trt_plugin.so), TensorRT 10/11 proper.
+Graphs with vwt::TokenMerge nodes (model.vwt.onnx, the plugin form) need libvwt_trt_plugin.so. Before parsing
+one, the graph's vwt op version is checked, the plugin library is loaded once per process (a second load would
+make TensorRT log an ERROR), and with TensorRT-RTX the unversioned libtensorrt_rtx.so its parser opens to wrap a
+plugin must exist: without it the parser aborts the whole process, so its absence is a clear VWTError instead.
+
+Verified in this project: building FP32, FP16 and INT8 engines for SM80 and SM89 with TensorRT-RTX 1.7 on a
+CPU-only machine from the baseline, portable and plugin graphs (tests/backends/test_tensorrt.py), and the
+sidecar checks. Not verified (no TensorRT GPU machine was available): running engines (`load_engine`) and the
+plugin's enqueue, TensorRT 10/11 proper.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import numpy as np
 
 from ..atomic import atomic_path, write_text
 from ..errors import VWTError
+from ..plugins import trt_plugin_library
 
 SIDECAR_FORMAT, SIDECAR_VERSION = "vwt-export/engine", 1
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -100,31 +106,61 @@ def _load_graph(onnx_path: str | os.PathLike):
 
 def graph_precision(model) -> str:
     """What a strongly typed network built from this graph (a path or an onnx.ModelProto) computes in: "int8"
-    (explicit Q/DQ), "fp16" (float16 weights) or "fp32"."""
+    (explicit Q/DQ), "fp16" (float16 weights or inputs) or "fp32"."""
     import onnx
 
     if not isinstance(model, onnx.ModelProto):
         model = _load_graph(model)
     if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
         return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) or any(
+            i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for i in model.graph.input):
         return "fp16"
     return "fp32"
 
 
-def plugin_library() -> Path:
-    """libvwt_trt_plugin.so, built by `make setup` where TensorRT and nvcc exist (VWT_TRT_PLUGIN overrides)."""
-    from ..plugins import check_library_version
+# The library TensorRT-RTX's ONNX parser opens by its unversioned name when it wraps a V3 plugin.
+RTX_PARSER_NEEDS = "libtensorrt_rtx.so"
 
-    env = os.environ.get("VWT_TRT_PLUGIN")
-    here = Path(__file__).resolve().parents[1]
-    for p in ([Path(env)] if env else [here / "lib" / "libvwt_trt_plugin.so",
-                                       here.parent / "build" / "plugins" / "tensorrt" / "libvwt_trt_plugin.so"]):
-        if p.is_file():
-            check_library_version(p)
-            return p
-    raise VWTError("the vwt TensorRT plugin library is not built (it needs TensorRT headers: set TENSORRT_ROOT and "
-                   "run `make setup`); or build from model.vwt.portable.onnx, which needs no plugin")
+
+def rtx_library_dirs() -> list[Path]:
+    """Where the tensorrt-rtx wheel keeps its libraries (found without importing them)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tensorrt_rtx_libs")
+    return [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+
+
+def check_rtx_parser_link(lib_dirs: list[Path] | None = None, ld_library_path: str | None = None) -> None:
+    """Refuse, with the fix, to parse a plugin graph where TensorRT-RTX's parser would abort the process.
+
+    The parser dlopens libtensorrt_rtx.so (no version suffix) to wrap a V3 plugin; the wheel ships only
+    libtensorrt_rtx.so.1, so the handle is null, an exception escapes a noexcept function and the process
+    terminates. `make setup` creates the link in the wheel's folder; a folder on LD_LIBRARY_PATH (set before the
+    process started) works too."""
+    lib_dirs = rtx_library_dirs() if lib_dirs is None else lib_dirs
+    ld = os.environ.get("LD_LIBRARY_PATH", "") if ld_library_path is None else ld_library_path
+    search = [*lib_dirs, *(Path(p) for p in ld.split(os.pathsep) if p)]
+    if any((d / RTX_PARSER_NEEDS).exists() for d in search):
+        return
+    where = lib_dirs[0] if lib_dirs else Path("<tensorrt_rtx_libs folder>")
+    raise VWTError(f"TensorRT-RTX's ONNX parser needs {RTX_PARSER_NEEDS} to load the vwt plugin, and the tensorrt-rtx "
+                   f"wheel ships only {RTX_PARSER_NEEDS}.1 (without it the parser kills the process); create the "
+                   f"link with `make setup` or `ln -s {RTX_PARSER_NEEDS}.1 {where / RTX_PARSER_NEEDS}`")
+
+
+PLUGIN_NAME, PLUGIN_VERSION = "TokenMerge", "1"  # as plugins/tensorrt/vwtPlugin.h registers it
+
+
+def load_plugin(trt, path: str | os.PathLike) -> None:
+    """Register the vwt plugin creators with TensorRT's registry, once: a second load_library of the same
+    library makes TensorRT log an ERROR (creator already registered), so ask the registry first."""
+    registry = trt.get_plugin_registry()
+    have = {(c.name, c.plugin_version, c.plugin_namespace) for c in registry.all_creators}
+    if (PLUGIN_NAME, PLUGIN_VERSION, "") in have:
+        return
+    if registry.load_library(str(path)) is None:
+        raise VWTError(f"{path}: TensorRT could not load the vwt plugin library")
 
 
 def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, settings: BuildSettings) -> Path:
@@ -135,9 +171,11 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
         raise VWTError(f"unknown precision '{settings.precision}' (use one of {', '.join(PRECISIONS)})")
     if not onnx_path.is_file():
         raise VWTError(f"{onnx_path}: no such ONNX file")
+    from ..graph.ops import check_version
     from .onnxruntime import needs_op_library
 
     graph = _load_graph(onnx_path)
+    check_version(graph)
     actual = graph_precision(graph)
     if actual != settings.precision:
         raise VWTError(f"{onnx_path} is an {actual.upper()} graph, so it builds an {actual.upper()} engine, not "
@@ -145,8 +183,10 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
                        "model.fp16.onnx / model.vwt.fp16.onnx, INT8 from the Q/DQ graphs)")
     logger = _logger(trt, ahead_of_time=bool(settings.compute_capability))
     if needs_op_library(graph):  # the same vwt nodes that need the ONNX Runtime op library need the plugin
-        settings.plugin_library = str(settings.plugin_library or plugin_library())
-        trt.get_plugin_registry().load_library(settings.plugin_library)
+        settings.plugin_library = str(settings.plugin_library or trt_plugin_library())
+        if flavour == "tensorrt-rtx":
+            check_rtx_parser_link()
+        load_plugin(trt, settings.plugin_library)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
@@ -159,6 +199,10 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
     if settings.compute_capability:
         if not hasattr(config, "set_compute_capability"):
             raise VWTError(f"{flavour} cannot build for another GPU (compute_capability is a TensorRT-RTX feature)")
+        targets = [t for t in trt.ComputeCapability.__members__ if t.startswith("SM")]
+        if settings.compute_capability.upper() not in targets:
+            raise VWTError(f"{flavour} {trt.__version__} cannot build for {settings.compute_capability} (it builds for "
+                           f"{', '.join(targets)})")
         config.num_compute_capabilities = 1
         config.set_compute_capability(getattr(trt.ComputeCapability, settings.compute_capability.upper()), 0)
     lo, opt, hi = settings.profile()
@@ -166,6 +210,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
     for i in range(network.num_inputs):
         t = network.get_input(i)
         rest = tuple(t.shape)[1:]
+        if any(d < 0 for d in rest):
+            raise VWTError(f"{onnx_path}: input {t.name} has dynamic dimensions other than the batch {tuple(t.shape)}; "
+                           "only the batch may vary (export with fixed image size)")
         profile.set_shape(t.name, (lo, *rest), (opt, *rest), (hi, *rest))
     config.add_optimization_profile(profile)
     cache = None
@@ -261,8 +308,8 @@ def load_engine(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
     plugin = sidecar.get("plugin_library")
     plugin_path = None
     if plugin:
-        plugin_path = str(plugin_library())
-        trt.get_plugin_registry().load_library(plugin_path)
+        plugin_path = str(trt_plugin_library())
+        load_plugin(trt, plugin_path)
     running = {"tensorrt": {"flavour": flavour, "version": trt.__version__}, "gpu": current_gpu(),
                "plugin_sha256": sha256(plugin_path) if plugin_path else None}
     check_sidecar(sidecar, running, str(path))

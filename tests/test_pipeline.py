@@ -107,6 +107,19 @@ def test_tokens_are_measured_on_each_graph(tmp_path):
     assert variants["vwt"]["tokens"]["counts"] == torch_counts
     assert len(variants["vwt+int8"]["tokens"]["counts"]) == len(torch_counts)
     assert variants["fp32"]["tokens"]["mean"] == 17 and torch.tensor(torch_counts).max() <= 17
+    assert "plots/merges.png" in result.report["plots"] and (tmp_path / "out" / "plots" / "merges.png").is_file()
+
+
+def test_merge_overlay_tints_exactly_the_merged_patches():
+    import numpy as np
+
+    from vwt_export.check.merges import overlay
+
+    image = np.zeros((4, 6, 3))
+    labels = np.array([0, 0, 1, 2, 3, 3])  # a 2 x 3 grid of 2 x 2 patches: groups 0 and 3 merged, 1 and 2 alone
+    out = overlay(image, labels, (2, 3))
+    tinted = out.reshape(2, 2, 3, 2, 3).any(axis=(1, 3, 4))
+    assert tinted.tolist() == [[True, True, False], [False, True, True]]
 
 
 def test_a_sweep_ranks_every_setting_on_the_same_images(tmp_path):

@@ -533,7 +533,13 @@ def write_report(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs, varian
         "not_measured": not_measured,
         "polygraphy": polygraphy,
         **({"sweep": sweep} if sweep else {}),
+        "plots": [],
     }
+    if cfg.compression.mode == "inter":
+        from .check.merges import plot_merges
+
+        plot_merges(model, cmodel, verification_pixels(model, inputs.check_files), cfg.out / "plots" / "merges.png")
+        report["plots"].append("plots/merges.png")
     return report, rep.write(report, cfg.out)
 
 

@@ -175,7 +175,7 @@ def _save(fig, path: Path) -> str:
 
 def write(report: dict, out: Path) -> list[Path]:
     validate(report)
-    report["plots"] = plots(report, out / "plots")
+    report["plots"] = plots(report, out / "plots") + report.get("plots", [])  # + plots the caller drew
     write_text(out / "report.json", json.dumps(report, indent=2, default=float) + "\n")
     write_text(out / "report.md", markdown(report))
     return [out / "report.json", out / "report.md"] + [out / p for p in report["plots"]]

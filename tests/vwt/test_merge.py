@@ -12,6 +12,26 @@ def test_token_merge_hand_computed_with_padding():
     assert sizes.tolist() == [[1, 2, 2], [1, 4, 0]]
 
 
+def test_token_merge_takes_any_integer_keys():
+    tokens = torch.tensor([[[9.0], [1], [2], [3], [4]]])  # P=1, N=4
+    keys = torch.tensor([[2**40, -5, 2**40, 1000]])  # groups in ascending key order: -5, 1000, 2**40
+    merged, sizes = token_merge(tokens, keys, num_prefix=1)
+    assert merged.squeeze(-1).tolist() == [[9, 2, 4, 2]]
+    assert sizes.tolist() == [[1, 1, 1, 2]]
+
+
+def test_token_merge_local_grouping_splits_groups_into_components():
+    # grid 2 wide, P=2:  7 7 / 3 7 / 7 3 : the three top-right 7s touch; the bottom-left 7 and the 3s do not
+    tokens = torch.arange(8.0).reshape(1, 8, 1)
+    keys = torch.tensor([[7, 7, 3, 7, 7, 3]])
+    merged, sizes = token_merge(tokens, keys, num_prefix=2, grid_w=2)
+    # order (key, first patch): (3, 2) (3, 5) (7, 0) (7, 4); the patch tokens are 2..7
+    torch.testing.assert_close(merged.squeeze(-1), torch.tensor([[0, 1, 4, 7, (2 + 3 + 5) / 3, 6]]))
+    assert sizes.tolist() == [[1, 1, 1, 1, 3, 1]]
+    glob, gsizes = token_merge(tokens, keys, num_prefix=2)
+    assert glob.squeeze(-1).tolist() == [[0, 1, 5.5, 4.0]] and gsizes.tolist() == [[1, 1, 2, 4]]
+
+
 def test_token_merge_float16_keeps_dtype():
     tokens = torch.randn(2, 6, 4).half()
     merged, _ = token_merge(tokens, torch.tensor([[0, 0, 1, 2, 2], [0, 1, 2, 3, 4]]), 1)

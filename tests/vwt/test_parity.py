@@ -166,3 +166,58 @@ def test_mode_none_is_the_model(tiny_models):
     cmodel = vx.compress(model, "none")
     close(cmodel(x), model(x))
     assert cmodel.last_token_counts.tolist() == [2 + 16] * len(x)
+
+
+@pytest.mark.parametrize("space", ["image", "embed"])
+@pytest.mark.parametrize("key", ["p16_cls", "p14_distilled", "p16_avg"])
+def test_local_grouping_matches_reference(tiny_models, vocabs, key, space):
+    """Local grouping against the reference's labels split by a plain flood fill (reference_tmlr2025.local_labels).
+    Patches painted from a palette of three colours: alike patches both touch and lie apart, so groups split
+    into non-trivial components."""
+    model, vocab = tiny_models[key], vocabs[key, space]
+    size, p = model.patch_embed.img_size[0], model.patch_embed.patch_size[0]
+    g = torch.Generator().manual_seed(21)
+    palette = torch.randn(3, 3, generator=g)
+    cells = palette[torch.randint(3, (6, size // p, size // p), generator=g)].permute(0, 3, 1, 2)
+    x = F.interpolate(cells, size=(size, size), mode="nearest") + 0.02 * torch.randn(6, 3, size, size, generator=g)
+    thr = mixed_threshold(model, x, vocab, space)
+    local = vx.compress(model, "inter", vocab=vocab, threshold=thr, grouping="local")
+    glob = vx.compress(model, "inter", vocab=vocab, threshold=thr)
+    assert local.grid_w == size // p and glob.grid_w == 0 and local.grouping == "local"
+    ours = local(x)
+    glob(x)
+    assert (local.last_token_counts >= glob.last_token_counts).all()
+    assert (local.last_token_counts > glob.last_token_counts).any(), "some group should split into components"
+    assert (local.last_token_counts < local.tokens_in).any(), "some touching patches should still merge"
+    for i in range(len(x)):
+        expected, n_tokens = ref.forward_one(model, x[i : i + 1], "inter", vocab.words, thr, space=space, local=True)
+        close(ours[i : i + 1], expected)
+        assert local.last_token_counts[i] == n_tokens
+
+
+def test_given_keys_replace_matching(tiny_models, vocabs):
+    model, vocab = tiny_models["p16_cls"], vocabs["p16_cls", "image"]
+    x = images_for(model)
+    cmodel = vx.compress(model, "inter", vocab=vocab, threshold=mixed_threshold(model, x, vocab, "image"))
+    keys = cmodel.match(x)
+    assert keys.shape == (len(x), model.patch_embed.num_patches) and keys.dtype == torch.int64
+    assert torch.equal(cmodel.features(x), patch_features(model, x, "image", 16))
+    close(cmodel(x, keys=keys), cmodel(x))
+    counts = cmodel.last_token_counts.clone()
+    distinct = torch.arange(keys.shape[1]).expand_as(keys)  # every patch its own group: the uncompressed model
+    close(cmodel(x, keys=distinct), model(x))
+    assert cmodel.last_token_counts.tolist() == [cmodel.tokens_in] * len(x) != counts.tolist()
+    with pytest.raises(vx.VWTError, match="keys have shape"):
+        cmodel(x, keys=keys[:, :3])
+
+
+def test_local_grouping_and_keys_need_inter_mode(tiny_models):
+    with pytest.raises(vx.VWTError, match="grouping='local' applies to inter mode only"):
+        vx.compress(tiny_models["p16_cls"], "intra", keep=4, grouping="local")
+    with pytest.raises(vx.VWTError, match="unknown grouping 'nearby'"):
+        vx.compress(tiny_models["p16_cls"], "intra", keep=4, grouping="nearby")
+    intra = vx.compress(tiny_models["p16_cls"], "intra", keep=4)
+    with pytest.raises(vx.VWTError, match="keys can only be given in inter mode"):
+        intra(torch.randn(1, 3, 64, 64), keys=torch.zeros(1, 16, dtype=torch.int64))
+    with pytest.raises(vx.VWTError, match="match\\(\\) needs inter mode"):
+        intra.match(torch.randn(1, 3, 64, 64))

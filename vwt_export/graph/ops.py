@@ -1,13 +1,29 @@
-"""The `vwt` ONNX ops: schemas, and their portable bodies as ONNX model-local functions.
+"""The `vwt` ONNX op (domain version 2): its schema, and its portable body as an ONNX model-local function.
 
-    vwt::WordLabels(features f32[B,N,F], vocab f32[V,F]; threshold: float) -> labels i64[B,N]
-    vwt::TokenMerge(tokens T[B,P+N,D], labels i64[B,N]; num_prefix: int) -> merged T[B,P+M,D], sizes f32[B,P+M]
+    vwt::TokenMerge(tokens T[B,P+N,D], keys i64[B,N]; num_prefix: int, grid_w: int = 0)
+        -> merged T[B,P+M,D], sizes f32[B,P+M], length i64 scalar (= P + M)
     (T = float or float16; M = the largest number of groups in the batch, data-dependent)
 
-Semantics: vwt_export.vwt.inter.word_labels and vwt_export.vwt.merge.token_merge are the executable spec.
-The function bodies use only standard ONNX ops (opset 18) so that any runtime can run a graph holding these
-nodes with no library: TopK stands in for sort (its spec breaks ties by lower index, which is exactly the
-stable order dense relabelling needs), OneHot + MatMul for the grouped mean.
+Matching (which word each patch is nearest to) is not an op: surgery.py writes it in standard ops, so the
+distance product runs on the backend's best GEMM. Version 1 had a `WordLabels` op; a graph that still holds
+one is refused with a clear error (`check_version`).
+
+Semantics: vwt_export.vwt.merge.token_merge (which relabels with vwt_export.vwt.inter.dense_relabel) is the
+executable spec. The function body uses only standard ONNX ops (opset 18), so any runtime can run a graph
+holding the node with no library. How the body does it:
+
+  relabel  pairwise comparisons [B,N,N], no sort (so any int64 keys work, and no TopK limit on N):
+           root[n] = the first patch of n's group (global: ReduceMin over equal keys; local: see below);
+           label[n] = how many groups' roots m have (key[m], m) < (key[n], root[n]).
+  local    (grid_w > 0) root[n] by min-label propagation in a Loop: every patch starts as its own root and takes
+           the smallest root among its equal-key 4-neighbours (left, right, up, down on a grid grid_w wide, no
+           wrap between rows), then its root's root (pointer jumping), until nothing changes (at most N rounds;
+           with grid_w = 0 the Loop runs 0 rounds).
+  merge    OneHot(labels, N) [B,N,N] and MatMul for the group sums (N bounds the number of groups and is known
+           when TensorRT builds), then the first M = max label + 1 groups.
+The body is O(B·N²·D) like the merge itself (and holds [B,N,N] int64/float temporaries: ~290 MB per image at
+N = 6000), meant for portability, not speed: the op library is fast. Tested on ONNX Runtime CPU (B = 0 included);
+UNVERIFIED on TensorRT (no TensorRT runtime here): its Loop, OneHot and int64 reductions there are untested.
 """
 
 from __future__ import annotations
@@ -16,15 +32,22 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..errors import VWTError
+
 DOMAIN = "vwt"
-VERSION = 1
+VERSION = 2
 OPSET = 18
-WORD_LABELS, TOKEN_MERGE = "WordLabels", "TokenMerge"
-EPS = 1e-12  # F.normalize's clamp on the norm
+TOKEN_MERGE = "TokenMerge"
+KEYS_TENSOR = "vwt/keys"  # in every inter graph: the int64 [B, N] keys feeding TokenMerge
+SIZES_TENSOR = "vwt/sizes"  # inter graphs: TokenMerge's f32 [B, T] sizes (0 for padding)
+SELECTED_TENSOR = "vwt/selected"  # intra graphs: the kept tokens [B, P+K, D]
+NODE_PREFIX = "vwt/"  # every node and tensor graph surgery adds is named vwt/...
+OPS = (TOKEN_MERGE,)
+INT64_MAX = np.iinfo(np.int64).max
 
 
 class _Body:
-    """Builds a function body node by node with readable names."""
+    """Builds a function body (or a Loop body) node by node with readable names."""
 
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
@@ -53,62 +76,94 @@ def _attr_ref(field: str, ref_name: str, attr_type: int) -> onnx.AttributeProto:
     return a
 
 
-def word_labels_function() -> onnx.FunctionProto:
+def _propagation_loop_body() -> onnx.GraphProto:
+    """One round of min-label propagation. Loop-carried: roots [B,N], and (unchanged) the neighbour table
+    nb [N,4] and the equal-key mask same [B,N,4], carried rather than captured from the outer scope so the body
+    needs nothing from the function around it."""
     b = _Body()
-    eps, one = b.const("eps", EPS, np.float32), b.const("one", 1.0, np.float32)
-    last, axis1 = b.const("last", [-1], np.int64), b.const("axis1", 1, np.int64)
-    thr = b.const_attr("thr", "threshold", onnx.AttributeProto.FLOAT, "value_float")
-    # unit vectors, as F.normalize: x / max(|x|, eps)
-    b("ReduceL2", ["features", "last"], "f_norm", keepdims=1)
-    b("Div", ["features", b("Max", ["f_norm", "eps"], "f_den")], "f_unit")
-    b("ReduceL2", ["vocab", "last"], "w_norm", keepdims=1)
-    b("Div", ["vocab", b("Max", ["w_norm", "eps"], "w_den")], "w_unit")
-    b("MatMul", ["f_unit", b("Transpose", ["w_unit"], "w_unit_t", perm=[1, 0])], "cos")
-    b("Sub", [one, "cos"], "dist")
-    b("ReduceMin", ["dist", last], "d_min", keepdims=0)
-    b("ArgMin", ["dist"], "best", axis=-1, keepdims=0, select_last_index=0)
-    b("LessOrEqual", ["d_min", thr], "matched")
-    # unmatched patches: key = V + rank among the image's unmatched patches (raster order)
-    b("Cast", [b("Not", ["matched"], "unmatched")], "unmatched_i", to=TensorProto.INT64)
-    b("Sub", [b("CumSum", ["unmatched_i", axis1], "unmatched_n"), b.const("one_i", 1, np.int64)], "rank")
-    b("Gather", [b("Shape", ["vocab"], "vocab_shape"), b.const("zero_i", 0, np.int64)], "num_words", axis=0)
-    b("Where", ["matched", "best", b("Add", ["rank", "num_words"], "unmatched_key")], "keys")
-    # dense relabelling: sort keys (TopK over float keys, exact below 2**24; lower index first on ties) ...
-    b("Cast", ["keys"], "keys_f", to=TensorProto.FLOAT)
-    b("Slice", [b("Shape", ["keys"], "keys_shape"), b.const("s1", [1], np.int64), b.const("s2", [2], np.int64)], "n")
-    b("TopK", ["keys_f", "n"], ["sorted", "order"], axis=1, largest=0, sorted=1)
-    # ... mark where a new key starts, count them, and scatter the running count back to raster order
-    big = b.const("big", [np.iinfo(np.int64).max], np.int64)
-    b("Slice", ["sorted", b.const("from1", [1], np.int64), big, b.const("ax1", [1], np.int64)], "tail")
-    b("Slice", ["sorted", b.const("from0", [0], np.int64), b.const("to_m1", [-1], np.int64), "ax1"], "head")
-    b("Cast", [b("Not", [b("Equal", ["tail", "head"], "same")], "new_key")], "new_key_i", to=TensorProto.INT64)
-    b("Mul", [b("Slice", ["order", "from0", "from1", "ax1"], "first_col"), b.const("zero_v", 0, np.int64)], "zero_col")
-    b("CumSum", [b("Concat", ["zero_col", "new_key_i"], "starts", axis=1), axis1], "dense_sorted")
-    b("Mul", ["keys", "zero_v"], "zeros")
-    b("ScatterElements", ["zeros", "order", "dense_sorted"], "labels", axis=1)
-    return helper.make_function(
-        DOMAIN, WORD_LABELS, ["features", "vocab"], ["labels"], b.nodes,
-        opset_imports=[helper.make_opsetid("", OPSET)], attributes=["threshold"],
+    b.const("lp_big", INT64_MAX, np.int64)
+    b.const("lp_last", [2], np.int64)
+    b("Gather", ["lp_roots_in", "lp_nb_in"], "lp_nb_roots", axis=1)  # [B, N, 4]
+    b("Where", ["lp_same_in", "lp_nb_roots", "lp_big"], "lp_candidates")
+    b("ReduceMin", ["lp_candidates", "lp_last"], "lp_nb_min", keepdims=0)
+    b("Min", ["lp_roots_in", "lp_nb_min"], "lp_lowered")
+    b("GatherElements", ["lp_lowered", "lp_lowered"], "lp_roots_out", axis=1)  # pointer jumping
+    b("Cast", [b("Not", [b("Equal", ["lp_roots_out", "lp_roots_in"], "lp_same_root")], "lp_changed")],
+      "lp_changed_i", to=TensorProto.INT64)
+    b("ReduceSum", ["lp_changed_i"], "lp_n_changed", keepdims=0)
+    b("Greater", ["lp_n_changed", b.const("lp_zero", 0, np.int64)], "lp_cond_out")
+    b("Identity", ["lp_nb_in"], "lp_nb_out")
+    b("Identity", ["lp_same_in"], "lp_same_out")
+    i64, boolean = TensorProto.INT64, TensorProto.BOOL
+    return helper.make_graph(
+        b.nodes, "vwt_propagate",
+        [helper.make_tensor_value_info("lp_iter", i64, []), helper.make_tensor_value_info("lp_cond_in", boolean, []),
+         helper.make_tensor_value_info("lp_roots_in", i64, None), helper.make_tensor_value_info("lp_nb_in", i64, None),
+         helper.make_tensor_value_info("lp_same_in", boolean, None)],
+        [helper.make_tensor_value_info("lp_cond_out", boolean, []),
+         helper.make_tensor_value_info("lp_roots_out", i64, None), helper.make_tensor_value_info("lp_nb_out", i64, None),
+         helper.make_tensor_value_info("lp_same_out", boolean, None)],
     )
+
+
+def _relabel_nodes(b: _Body) -> str:
+    """keys [B,N] -> labels [B,N] (dense_relabel, with grid_w from the attribute). Returns the labels' name."""
+    ax0, ax1, ax2 = b.const("ax0", [0], np.int64), b.const("ax1", [1], np.int64), b.const("ax2", [2], np.int64)
+    b("Squeeze", [b("Slice", [b("Shape", ["keys"], "keys_shape"), ax1, ax2], "n_1d"), ax0], "n")
+    zero, one = b.const("zero_i", 0, np.int64), b.const("one_i", 1, np.int64)
+    b("Range", [zero, "n", one], "idx")  # [N]: patch indices
+    b("Unsqueeze", ["keys", ax2], "key_n")  # [B, N, 1]: the patch being labelled
+    b("Unsqueeze", ["keys", ax1], "key_m")  # [B, 1, N]: the patches it is compared with
+    b("Equal", ["key_m", "key_n"], "eq")  # [B, N, N]
+    # global grouping: the root of a patch is the first patch with its key
+    b("ReduceMin", [b("Where", ["eq", "idx", "n"], "eq_idx"), ax2], "first", keepdims=0)
+    # local grouping: start from every patch being its own root; Loop rounds = N when grid_w > 0, else 0
+    gw = b.const_attr("grid_w_s", "grid_w", onnx.AttributeProto.INT, "value_int")
+    b("Greater", [gw, zero], "local")
+    b("Where", ["local", b("Expand", ["idx", "keys_shape"], "idx_bn"), "first"], "roots0")
+    b("Where", ["local", "n", zero], "rounds")
+    # neighbour table [N, 4] (grid_w = 0 uses width 1; the Loop does not run then)
+    w = b("Max", [gw, one], "w")
+    b("Mod", ["idx", w], "col")
+    b("Sub", ["idx", one], "idx_m1")
+    b("Add", ["idx", one], "idx_p1")
+    b("Where", [b("Greater", ["col", zero], "has_left"), "idx_m1", "idx"], "left")
+    b("And", [b("Less", ["col", b("Sub", [w, one], "w_m1")], "not_last_col"), b("Less", ["idx_p1", "n"], "p1_in")], "has_right")
+    b("Where", ["has_right", "idx_p1", "idx"], "right")
+    b("Where", [b("GreaterOrEqual", ["idx", w], "has_up"), b("Sub", ["idx", w], "idx_mw"), "idx"], "up")
+    b("Add", ["idx", w], "idx_pw")
+    b("Where", [b("Less", ["idx_pw", "n"], "has_down"), "idx_pw", "idx"], "down")
+    cols = [b("Unsqueeze", [d, ax1], f"{d}_col") for d in ("left", "right", "up", "down")]
+    b("Concat", cols, "nb", axis=1)
+    b("Equal", [b("Gather", ["keys", "nb"], "nb_keys", axis=1), "key_n"], "same")  # [B, N, 4]
+    b("Loop", ["rounds", b.const("go", True, np.bool_), "roots0", "nb", "same"], ["roots", "nb_done", "same_done"],
+      body=_propagation_loop_body())
+    # label = number of groups (represented by their roots m) ordered before (key[n], root[n])
+    b("Unsqueeze", [b("Equal", ["roots", "idx"], "is_root"), ax1], "root_m")  # [B, 1, N]
+    b("Less", ["idx", b("Unsqueeze", ["roots", ax2], "root_n")], "earlier")  # [B, N, N]: m < root[n]
+    b("Or", [b("Less", ["key_m", "key_n"], "smaller"), b("And", ["eq", "earlier"], "tie_earlier")], "before")
+    b("Cast", [b("And", ["before", "root_m"], "group_before")], "group_before_i", to=TensorProto.INT64)
+    return b("ReduceSum", ["group_before_i", ax2], "labels", keepdims=0)
 
 
 def token_merge_function() -> onnx.FunctionProto:
     b = _Body()
-    ax1 = b.const("ax1", [1], np.int64)
-    zero1 = b.const("zero1", [0], np.int64)
-    big = b.const("big", [np.iinfo(np.int64).max], np.int64)
+    labels = _relabel_nodes(b)
+    ax1, zero1 = "ax1", b.const("zero1", [0], np.int64)
+    big = b.const("big", [INT64_MAX], np.int64)
     p_scalar = b.const_attr("p_scalar", "num_prefix", onnx.AttributeProto.INT, "value_int")
-    b("Unsqueeze", [p_scalar, b.const("ax0", [0], np.int64)], "p")
+    b("Unsqueeze", [p_scalar, "ax0"], "p")
     b("Slice", ["tokens", zero1, "p", ax1], "prefix")
     b("Cast", [b("Slice", ["tokens", "p", big, ax1], "patches")], "patches_f", to=TensorProto.FLOAT)
     # one-hot membership [B, N, N]: N (static) bounds the number of groups, and TensorRT needs OneHot's depth
     # at build time; the first M = max label + 1 groups are kept
-    b("Slice", [b("Shape", ["labels"], "labels_shape"), b.const("s1", [1], np.int64), b.const("s2", [2], np.int64)], "n")
-    b("OneHot", ["labels", "n", b.const("off_on", [0.0, 1.0], np.float32)], "member", axis=-1)
+    b("OneHot", [labels, "n", b.const("off_on", [0.0, 1.0], np.float32)], "member", axis=-1)
     b("ReduceSum", ["member", ax1], "counts_n", keepdims=0)  # [B, N]; 0 for unused groups
     b("MatMul", [b("Transpose", ["member"], "member_t", perm=[0, 2, 1]), "patches_f"], "sums_n")  # [B, N, D]
-    b("Add", [b("ReduceMax", ["labels"], "max_label", keepdims=1, noop_with_empty_axes=0), b.const("one_i", 1, np.int64)], "m_2d")
-    b("Reshape", ["m_2d", b.const("one_shape", [1], np.int64)], "m")
+    # M = max label + 1 over the batch; the appended 0 makes an empty batch give M = 0
+    b("Reshape", [b("Add", [labels, "one_i"], "group_no"), b.const("flat", [-1], np.int64)], "group_no_flat")
+    b("Concat", ["group_no_flat", zero1], "group_no_or_0", axis=0)
+    b("ReduceMax", ["group_no_or_0"], "m", keepdims=1)  # [1]
     b("Slice", ["counts_n", zero1, "m", ax1], "counts")  # [B, M]
     b("Slice", ["sums_n", zero1, "m", ax1], "sums")  # [B, M, D]
     b("Max", ["counts", b.const("one_f", 1.0, np.float32)], "den")
@@ -120,38 +175,46 @@ def token_merge_function() -> onnx.FunctionProto:
     b("ConstantOfShape", [b("Concat", ["batch", "p"], "prefix_shape", axis=0)], "prefix_sizes",
       value=onnx.numpy_helper.from_array(np.array([1.0], np.float32)))
     b("Concat", ["prefix_sizes", "counts"], "sizes", axis=1)
+    b("Reshape", [b("Add", ["p", "m"], "length_1d"), b.const("scalar", np.zeros(0, np.int64))], "length")
+    grid_w_default = helper.make_attribute("grid_w", 0)
     return helper.make_function(
-        DOMAIN, TOKEN_MERGE, ["tokens", "labels"], ["merged", "sizes"], b.nodes,
-        opset_imports=[helper.make_opsetid("", OPSET)], attributes=["num_prefix"],
+        DOMAIN, TOKEN_MERGE, ["tokens", "keys"], ["merged", "sizes", "length"], b.nodes,
+        opset_imports=[helper.make_opsetid("", OPSET)], attributes=["num_prefix"], attribute_protos=[grid_w_default],
     )
 
 
-FUNCTIONS = {WORD_LABELS: word_labels_function, TOKEN_MERGE: token_merge_function}
+FUNCTIONS = {TOKEN_MERGE: token_merge_function}
+
+
+def check_version(model: onnx.ModelProto) -> None:
+    """Refuse a graph made for another version of the vwt ops, with the fix."""
+    versions = {o.version for o in model.opset_import if o.domain == DOMAIN}
+    v1_nodes = [n.op_type for n in model.graph.node if n.domain == DOMAIN and n.op_type not in FUNCTIONS]
+    if (versions and versions != {VERSION}) or v1_nodes:
+        found = f"version {sorted(versions)}" if versions and versions != {VERSION} else f"op {v1_nodes[0]}"
+        raise VWTError(f"the graph uses vwt ops {found}, this vwt-export has version {VERSION} (TokenMerge only); "
+                       "export the graph again with this version")
 
 
 def add_portable_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     """Attach the portable bodies of every `vwt` op the graph uses (the graph itself is unchanged)."""
+    check_version(model)
     used = {n.op_type for n in model.graph.node if n.domain == DOMAIN}
     have = {(f.domain, f.name) for f in model.functions}
     for name in sorted(used):
-        if name not in FUNCTIONS:
-            raise ValueError(f"unknown vwt op {name}")
         if (DOMAIN, name) not in have:
             model.functions.append(FUNCTIONS[name]())
     return model
 
 
 def single_op_model(op: str, *, portable: bool = False, token_type: int = TensorProto.FLOAT, **attrs) -> onnx.ModelProto:
-    """A graph holding one vwt op, for tests and benchmarks (inputs and outputs named as the op's)."""
+    """A graph holding one vwt op, for tests and benchmarks: inputs "tokens" [B,T,D], "keys" [B,N]; outputs
+    "merged", "sizes", "length"."""
+    if op != TOKEN_MERGE:
+        raise VWTError(f"unknown vwt op {op} (version {VERSION} has {', '.join(OPS)})")
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    if op == WORD_LABELS:
-        inputs = [("features", f32, ["B", "N", "F"]), ("vocab", f32, ["V", "F"])]
-        outputs = [("labels", i64, ["B", "N"])]
-    elif op == TOKEN_MERGE:
-        inputs = [("tokens", token_type, ["B", "T", "D"]), ("labels", i64, ["B", "N"])]
-        outputs = [("merged", token_type, ["B", "M", "D"]), ("sizes", f32, ["B", "M"])]
-    else:
-        raise ValueError(f"unknown vwt op {op}")
+    inputs = [("tokens", token_type, ["B", "T", "D"]), ("keys", i64, ["B", "N"])]
+    outputs = [("merged", token_type, ["B", "M", "D"]), ("sizes", f32, ["B", "M"]), ("length", i64, [])]
     node = helper.make_node(op, [n for n, *_ in inputs], [n for n, *_ in outputs], domain=DOMAIN, **attrs)
     graph = helper.make_graph([node], op, [helper.make_tensor_value_info(*i) for i in inputs],
                               [helper.make_tensor_value_info(*o) for o in outputs])

@@ -9,6 +9,9 @@ The passes find what they need by structure, not by name, so they survive export
   attention        every Softmax after the token sequence;
   pooling          a ReduceMean / ReduceMax over axis 1 of a rank-3 tensor after the last block.
 
+Inter mode inserts the matching in standard ops (normalise, MatMul "vwt/similarity" with the pre-normalised
+words, ArgMax/ReduceMax, Where) whose keys (the tensor "vwt/keys") feed one vwt::TokenMerge node (ops v2).
+
 Each pass is a function registered on gs.Graph and ends in cleanup().toposort(), as in onnx-graphsurgeon's
 examples. `apply_vwt` chains them.
 """
@@ -20,10 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import torch
 
 from ..errors import VWTError
+from ..vwt.inter import cosine_threshold, normalized_words
 from ..vwt.merge import PAD_BIAS
 from . import ops
+
+GROUPINGS = ("global", "local")
+SIMILARITY_NODE = "vwt/similarity"  # the [B*N, F] x [F, V] product; quantize.py leaves it in float by default
+NORM_EPS = 1e-12  # F.normalize's clamp on the norm
 
 
 @dataclass
@@ -162,22 +171,99 @@ def replace_uses(old: gs.Variable, new: gs.Variable, except_nodes: tuple[gs.Node
                 node.inputs[i] = new
 
 
+def _match_nodes(graph: gs.Graph, feats: gs.Variable, unit_words: np.ndarray, threshold: float,
+                 num_patches: int) -> gs.Variable:
+    """features [B, N, F] (float32) -> keys int64 [B, N] in standard ops, as vwt.inter.match_keys:
+    normalise (x / max(|x|, eps), as F.normalize), MatMul with the pre-normalised words transposed [F, V] (the
+    node "vwt/similarity": a plain GEMM the backend does best, INT8 included), ArgMax + ReduceMax, and
+    Where(top >= c*, best, V + n) with c* = cosine_threshold(threshold)."""
+    num_words = unit_words.shape[0]
+    V = lambda name, dtype=np.float32: gs.Variable(f"vwt/{name}", dtype=dtype)  # noqa: E731
+    norm, den, unit, sim = V("f_norm"), V("f_den"), V("f_unit"), V("sim")
+    best_r, top_r = V("best_raw", np.int64), V("top_raw")
+    best, top, matched = V("best", np.int64), V("top"), V("matched", np.bool_)
+    # [-1, N]: a no-op, except that ONNX Runtime 1.2x's ArgMax/ReduceMax return an empty input unreduced
+    # ([0, N, V]), which would break the Where below for an empty batch
+    bn = gs.Constant("vwt/keys_shape", np.array([-1, num_patches], np.int64))
+    keys = gs.Variable(ops.KEYS_TENSOR, dtype=np.int64, shape=[feats.shape[0] if feats.shape else None, num_patches])
+    words_t = gs.Constant("vwt/unit_words_t", np.ascontiguousarray(unit_words.T, dtype=np.float32))
+    graph.nodes += [
+        gs.Node("ReduceL2", "vwt/f_norm", inputs=[feats, gs.Constant("vwt/last_axis", np.array([-1], np.int64))],
+                outputs=[norm], attrs={"keepdims": 1}),
+        gs.Node("Max", "vwt/f_den", inputs=[norm, gs.Constant("vwt/norm_eps", np.array(NORM_EPS, np.float32))], outputs=[den]),
+        gs.Node("Div", "vwt/f_unit", inputs=[feats, den], outputs=[unit]),
+        gs.Node("MatMul", SIMILARITY_NODE, inputs=[unit, words_t], outputs=[sim]),
+        gs.Node("ArgMax", "vwt/best_raw", inputs=[sim], outputs=[best_r], attrs={"axis": -1, "keepdims": 0, "select_last_index": 0}),
+        gs.Node("ReduceMax", "vwt/top_raw", inputs=[sim, gs.Constant("vwt/last_axis2", np.array([-1], np.int64))],
+                outputs=[top_r], attrs={"keepdims": 0}),
+        gs.Node("Reshape", "vwt/best", inputs=[best_r, bn], outputs=[best]),
+        gs.Node("Reshape", "vwt/top", inputs=[top_r, bn], outputs=[top]),
+        gs.Node("GreaterOrEqual", "vwt/matched", inputs=[top, gs.Constant("vwt/cos_threshold", np.array(cosine_threshold(threshold), np.float32))],
+                outputs=[matched]),
+        gs.Node("Where", "vwt/keys", inputs=[matched, best, gs.Constant("vwt/unmatched_keys", num_words + np.arange(num_patches, dtype=np.int64))],
+                outputs=[keys]),
+    ]
+    return keys
+
+
+def _token_merge_node(graph: gs.Graph, tokens: gs.Variable, keys: gs.Variable, num_prefix: int, grid_w: int,
+                      batch, embed_dim) -> gs.Node:
+    merged = gs.Variable("vwt/merged", dtype=tokens.dtype, shape=[batch, "vwt_tokens", embed_dim])
+    sizes = gs.Variable("vwt/sizes", dtype=np.float32, shape=[batch, "vwt_tokens"])
+    length = gs.Variable("vwt/length", dtype=np.int64, shape=[])
+    node = gs.Node(ops.TOKEN_MERGE, "vwt/token_merge", domain=ops.DOMAIN,
+                   attrs={"num_prefix": int(num_prefix), "grid_w": int(grid_w)},
+                   inputs=[tokens, keys], outputs=[merged, sizes, length])
+    graph.nodes.append(node)
+    return node
+
+
+def unit_vocabulary(vocab: np.ndarray) -> np.ndarray:
+    """The words normalised exactly as the torch reference does (CompressedViT.unit_words)."""
+    return normalized_words(torch.from_numpy(np.asarray(vocab, dtype=np.float32))).numpy()
+
+
 @gs.Graph.register()
-def vwt_insert_inter(self: gs.Graph, site: TokenSite, vocab: np.ndarray, threshold: float, space: str = "image") -> gs.Variable:
-    """tokens -> WordLabels + TokenMerge -> merged tokens. Returns the `sizes` tensor."""
+def vwt_insert_inter(self: gs.Graph, site: TokenSite, vocab: np.ndarray, threshold: float, space: str = "image",
+                     grouping: str = "global") -> gs.Variable:
+    """tokens -> matching (standard ops) + TokenMerge -> merged tokens. Returns the `sizes` tensor."""
+    width = site.channels * site.patch_size ** 2 if space == "image" else site.embed_dim
+    if np.ndim(vocab) != 2 or np.shape(vocab)[1] != width:
+        raise VWTError(f"the vocabulary's words have shape {np.shape(vocab)[1:]}, but the graph's {space}-space patch "
+                       f"features have {width} values; learn the vocabulary for this model and space")
     feats = _patch_features(self, site, space)
-    labels = gs.Variable("vwt/labels", dtype=np.int64, shape=[site.pixels.shape[0], site.num_patches])
-    merged = gs.Variable("vwt/merged", dtype=site.tokens.dtype, shape=[site.pixels.shape[0], "vwt_tokens", site.embed_dim])
-    sizes = gs.Variable("vwt/sizes", dtype=np.float32, shape=[site.pixels.shape[0], "vwt_tokens"])
-    words = gs.Constant("vwt/vocab", np.ascontiguousarray(vocab, dtype=np.float32))
-    wl = gs.Node(ops.WORD_LABELS, "vwt/word_labels", domain=ops.DOMAIN, attrs={"threshold": float(threshold)},
-                 inputs=[feats, words], outputs=[labels])
-    tm = gs.Node(ops.TOKEN_MERGE, "vwt/token_merge", domain=ops.DOMAIN, attrs={"num_prefix": int(site.num_prefix)},
-                 inputs=[site.tokens, labels], outputs=[merged, sizes])
-    replace_uses(site.tokens, merged, except_nodes=(tm,))
-    self.nodes += [wl, tm]
+    keys = _match_nodes(self, feats, unit_vocabulary(vocab), threshold, site.num_patches)
+    grid_w = site.grid[1] if grouping == "local" else 0
+    tm = _token_merge_node(self, site.tokens, keys, site.num_prefix, grid_w, site.pixels.shape[0], site.embed_dim)
+    replace_uses(site.tokens, tm.outputs[0], except_nodes=(tm,))
     self.cleanup().toposort()
-    return sizes
+    return tm.outputs[1]
+
+
+def matching_model(vocab: np.ndarray, threshold: float, num_patches: int, *, num_prefix: int = 1, grid_w: int = 0,
+                   token_type: int = onnx.TensorProto.FLOAT, portable: bool = False) -> onnx.ModelProto:
+    """Matching + TokenMerge alone, as the inter graphs hold them, for tests and benchmarks: inputs "features"
+    f32 [B, N, F], "tokens" [B, P+N, D]; outputs "vwt/keys", "vwt/merged", "vwt/sizes", "vwt/length"."""
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(token_type)
+    feats = gs.Variable("features", dtype=np.float32, shape=["B", num_patches, np.shape(vocab)[1]])
+    tokens = gs.Variable("tokens", dtype=dtype, shape=["B", num_prefix + num_patches, "D"])
+    graph = gs.Graph(inputs=[feats, tokens], opset=ops.OPSET)
+    keys = _match_nodes(graph, feats, unit_vocabulary(vocab), threshold, num_patches)
+    tm = _token_merge_node(graph, tokens, keys, num_prefix, grid_w, "B", "D")
+    graph.outputs = [keys, *tm.outputs]
+    graph.cleanup().toposort()
+    model = gs.export_onnx(graph)
+    model.ir_version = 10
+    _set_vwt_opset(model)
+    return make_portable(model) if portable else model
+
+
+def _set_vwt_opset(model: onnx.ModelProto) -> None:
+    """Import the vwt domain at ops.VERSION (onnx-graphsurgeon imports a custom domain at version 1)."""
+    for o in list(model.opset_import):
+        if o.domain == ops.DOMAIN:
+            model.opset_import.remove(o)
+    model.opset_import.append(onnx.helper.make_opsetid(ops.DOMAIN, ops.VERSION))
 
 
 @gs.Graph.register()
@@ -306,19 +392,27 @@ def vwt_forget_shapes(self: gs.Graph) -> None:
 
 def apply_vwt(model: onnx.ModelProto, mode: str, *, vocab: np.ndarray | None = None, threshold: float = 0.1,
               keep: int | None = None, space: str = "image", prop_attn: bool = False,
-              pooling: str | None = None) -> onnx.ModelProto:
-    """The baseline model -> the VWT model with `vwt` custom-op nodes (no function bodies attached).
+              pooling: str | None = None, grouping: str = "global") -> onnx.ModelProto:
+    """The baseline model -> the VWT model: matching in standard ops (its keys in the tensor "vwt/keys") and a
+    vwt::TokenMerge node (no function body attached: make_portable adds it).
+
+    `grouping="local"` (inter only) splits groups into 4-connected components on the patch grid (grid_w = the
+    grid's width).
 
     `pooling` is the model's global pool ('token', 'avg', 'max', 'avgmax'); when it averages, the pass that
     weights the pooling by token size must have found the reduction, or the result would be wrong.
     """
+    if grouping not in GROUPINGS:
+        raise VWTError(f"unknown grouping '{grouping}' (use one of {', '.join(GROUPINGS)})")
+    if grouping == "local" and mode != "inter":
+        raise VWTError(f"grouping='local' applies to inter mode only, not '{mode}'")
     graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))  # static shapes locate the sequence
     site = graph.vwt_find_tokens()
     graph.vwt_check_dynamic_sequence(site)
     if mode == "inter":
         if vocab is None:
             raise VWTError("inter mode needs a vocabulary")
-        sizes = graph.vwt_insert_inter(site, vocab, threshold, space)
+        sizes = graph.vwt_insert_inter(site, vocab, threshold, space, grouping)
         graph.vwt_attention_bias(site, sizes, prop_attn)
         pooled = graph.vwt_weighted_pooling(site, sizes)
         if pooling in ("avg", "max", "avgmax") and pooled == 0:
@@ -332,8 +426,8 @@ def apply_vwt(model: onnx.ModelProto, mode: str, *, vocab: np.ndarray | None = N
     graph.vwt_forget_shapes()
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
-    if mode == "inter" and not any(o.domain == ops.DOMAIN for o in out.opset_import):
-        out.opset_import.append(onnx.helper.make_opsetid(ops.DOMAIN, ops.VERSION))
+    if mode == "inter":
+        _set_vwt_opset(out)
     out.producer_name, out.producer_version = model.producer_name, model.producer_version
     return out
 

@@ -1,4 +1,4 @@
-"""`vwt::TokenMerge` (the executable spec) and the uses of the `sizes` tensor.
+"""`vwt::TokenMerge` v2 (the executable spec) and the uses of the `sizes` tensor.
 
 Every output token carries `size` = how many patches it stands for: 1 for prefix tokens, the group size for a
 merged token, 0 for padding. From it come the attention bias (key mask, optional proportional attention) and
@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import torch
 
+from .inter import dense_relabel
+
 # Added to the attention logits of padding keys. Finite so that no -inf arithmetic ever produces NaN, and
 # small enough in magnitude to stay representable in float16 after adding real logits; exp(-1e4) is exactly
 # 0 in float32 and float16, so padding carries no weight at all.
 PAD_BIAS = -1.0e4
 
 
-def token_merge(tokens: torch.Tensor, labels: torch.Tensor, num_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """tokens[B, P+N, D], labels int64[B, N] (dense per image) -> merged[B, P+M, D], sizes float32[B, P+M].
+def token_merge(tokens: torch.Tensor, keys: torch.Tensor, num_prefix: int,
+                grid_w: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """tokens[B, P+N, D], keys int64[B, N] (any integers) -> merged[B, P+M, D], sizes float32[B, P+M].
 
-    merged[b, P+m] is the mean of the tokens labelled m; prefix tokens pass through first. M = max over the
-    batch of the number of groups; shorter images are padded with zero tokens of size 0.
+    Patches with equal keys form a group (with grid_w > 0: a 4-connected component of equal keys on a grid
+    grid_w wide); groups are numbered by `dense_relabel` and merged[b, P+m] is the mean of group m's tokens.
+    Prefix tokens pass through first. M = max over the batch of the number of groups; shorter images are
+    padded with zero tokens of size 0. The `length` output of vwt::TokenMerge is P + M = merged.shape[1].
     """
+    labels = dense_relabel(keys, grid_w)
     b, _, d = tokens.shape
     prefix, patches = tokens[:, :num_prefix], tokens[:, num_prefix:]
     m = int(labels.max()) + 1 if labels.numel() else 0

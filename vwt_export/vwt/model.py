@@ -18,12 +18,13 @@ import torch.nn as nn
 from .. import models as _models
 from ..errors import VWTError
 from .features import SPACES, flatten_patch_tokens, image_patches, check_image_size
-from .inter import normalized_words, word_labels
+from .inter import match_keys, normalized_words
 from .intra import keep_indices, resolve_keep, select_tokens
 from .merge import attention_bias, pool_tokens, token_merge
 from .vocab import Vocabulary
 
 MODES = ("none", "intra", "inter")
+GROUPINGS = ("global", "local")
 
 
 class CompressedViT(nn.Module):
@@ -31,7 +32,8 @@ class CompressedViT(nn.Module):
     tokens included; padding excluded) and `tokens_in` the uncompressed length P+N."""
 
     def __init__(self, model: nn.Module, mode: str, *, vocab: Vocabulary | None = None, threshold: float = 0.1,
-                 keep: int | float = 0.75, space: str | None = None, prop_attn: bool = False):
+                 keep: int | float = 0.75, space: str | None = None, prop_attn: bool = False,
+                 grouping: str = "global"):
         super().__init__()
         if mode not in MODES:
             raise VWTError(f"unknown mode '{mode}' (use one of {', '.join(MODES)})")
@@ -57,18 +59,50 @@ class CompressedViT(nn.Module):
                 raise VWTError(f"threshold={threshold} is out of range: cosine distance lies in [0, 2]")
             vocab.check_compatible(model)
             self.register_buffer("unit_words", normalized_words(vocab.words), persistent=False)
+        if grouping not in GROUPINGS:
+            raise VWTError(f"unknown grouping '{grouping}' (use one of {', '.join(GROUPINGS)})")
+        if grouping == "local" and mode != "inter":
+            raise VWTError(f"grouping='local' applies to inter mode only, not '{mode}'")
+        self.grouping = grouping
+        # local grouping splits groups into 4-connected components on the patch grid, this many patches wide
+        self.grid_w = int(model.patch_embed.grid_size[1]) if grouping == "local" else 0
         self.vocab = vocab
         self.tokens_in = self.num_prefix + self.num_patches
         self.last_token_counts: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode}, space={self.space}, threshold={self.threshold}, keep={self.keep}, prop_attn={self.prop_attn}"
+        return (f"mode={self.mode}, space={self.space}, threshold={self.threshold}, keep={self.keep}, "
+                f"prop_attn={self.prop_attn}, grouping={self.grouping}")
+
+    def _grid_w(self, pixels: torch.Tensor) -> int:
+        """The patch grid's width for these pixels when grouping locally, else 0."""
+        return pixels.shape[-1] // self.patch_size if self.grouping == "local" else 0
 
     @torch.no_grad()
-    def tokenize(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """pixels[B, C, H, W] -> (tokens[B, T, D], sizes[B, T] or None when every token has size 1)."""
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels[B, C, H, W] -> float32 [B, N, F]: the patch features the vocabulary lives in (image space: the
+        pixels as given; embed space: the patch embedding before the positional embedding, in float32)."""
+        check_image_size(pixels.shape[-2], pixels.shape[-1], self.patch_size)
+        if self.space == "image":
+            return image_patches(pixels, self.patch_size).float()
+        m = self.model
+        return flatten_patch_tokens(m.patch_embed(pixels.to(m.patch_embed.proj.weight.dtype))).float()
+
+    @torch.no_grad()
+    def match(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels[B, C, H, W] -> keys int64 [B, N] (inter mode): what the graph's "vwt/keys" tensor holds."""
+        if self.mode != "inter":
+            raise VWTError(f"match() needs inter mode, this model is '{self.mode}'")
+        return match_keys(self.features(pixels), self.unit_words, self.threshold)
+
+    @torch.no_grad()
+    def tokenize(self, pixels: torch.Tensor, keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """pixels[B, C, H, W] -> (tokens[B, T, D], sizes[B, T] or None when every token has size 1). In inter
+        mode, `keys` [B, N] (e.g. an ONNX graph's) replace the model's own matching."""
         m = self.model
         check_image_size(pixels.shape[-2], pixels.shape[-1], self.patch_size)
+        if keys is not None and self.mode != "inter":
+            raise VWTError(f"keys can only be given in inter mode, this model is '{self.mode}'")
         # a float16 model takes float32 pixels too, as its FP16 ONNX export does: image-space features come from
         # the pixels as given, the tokens from the pixels in the model's dtype
         patch_tokens = m.patch_embed(pixels.to(m.patch_embed.proj.weight.dtype))
@@ -82,12 +116,16 @@ class CompressedViT(nn.Module):
         if self.mode == "intra":
             k = resolve_keep(self.keep, features.shape[1])
             return select_tokens(x, keep_indices(features, k), self.num_prefix), None
-        labels = word_labels(features, self.unit_words, self.threshold)
-        return token_merge(x, labels, self.num_prefix)
+        if keys is None:
+            keys = match_keys(features, self.unit_words, self.threshold)
+        elif tuple(keys.shape) != tuple(features.shape[:2]):
+            raise VWTError(f"keys have shape {tuple(keys.shape)}, expected {tuple(features.shape[:2])} (batch, patches)")
+        return token_merge(x, keys.to(device=x.device, dtype=torch.int64), self.num_prefix, self._grid_w(pixels))
 
     @torch.no_grad()
-    def forward_features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x, sizes = self.tokenize(pixels)
+    def forward_features(self, pixels: torch.Tensor,
+                         keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, sizes = self.tokenize(pixels, keys)
         b, t = x.shape[:2]
         self.last_token_counts = (
             torch.full((b,), t, dtype=torch.long) if sizes is None else (sizes > 0).sum(1).cpu()
@@ -112,18 +150,22 @@ class CompressedViT(nn.Module):
             pooled = pool_tokens(x, sizes, m.global_pool, self.num_prefix, m.pool_include_prefix)
         return m.head(m.head_drop(m.fc_norm(pooled)))
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x, sizes = self.forward_features(pixels)
+    def forward(self, pixels: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """pixels -> logits; in inter mode, given `keys` [B, N] replace matching (to compare the continuous part
+        of another implementation given its discrete decisions)."""
+        x, sizes = self.forward_features(pixels, keys)
         return self.forward_head(x, sizes)
 
 
 def compress(model: nn.Module, mode: str = "inter", *, vocab: Vocabulary | None = None, threshold: float = 0.1,
-             keep: int | float = 0.75, space: str | None = None, prop_attn: bool = False) -> CompressedViT:
+             keep: int | float = 0.75, space: str | None = None, prop_attn: bool = False,
+             grouping: str = "global") -> CompressedViT:
     """Wrap a timm ViT (from `load_model`) with VWT token compression.
 
     mode="inter": merge patches matching the same word of `vocab` (cosine distance <= threshold).
     mode="intra": keep the `keep` highest-variance patches (a count, or a fraction of N).
     mode="none":  the uncompressed model behind the same interface.
+    grouping="local" (inter only): a group is split into its 4-connected components on the patch grid.
     """
     return CompressedViT(model, mode, vocab=vocab, threshold=threshold, keep=keep, space=space,
-                         prop_attn=prop_attn).eval()
+                         prop_attn=prop_attn, grouping=grouping).eval()

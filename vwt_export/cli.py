@@ -93,6 +93,11 @@ def _print_result(result) -> None:
 @click.option("--skip-checks", is_flag=True, help="do not compare against the uncompressed model")
 @click.option("--skip-export", is_flag=True, help="do not write ONNX files (torch path only)")
 @click.option("--skip-int8", is_flag=True, help="do not build the INT8 variants")
+@click.option("--int8-attention", is_flag=True,
+              help="INT8: also quantize attention's activation products (Q.K^T, softmax.V), for TensorRT's fused "
+              "attention; by default only weight GEMMs and the patch conv are")
+@click.option("--int8-calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="INT8 calibration method")
 @click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True,
               help="ort: ONNX Runtime CPU variants; trt: also TensorRT engines (FP32, FP16, INT8)")
 @click.option("--trt-target", default=None, metavar="SM89",

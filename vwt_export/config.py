@@ -146,9 +146,14 @@ class Engines:
     int8: bool = True  # INT8 Q/DQ variants (needs calibration images)
     backend: str = "ort"  # ort: ONNX Runtime CPU; trt: also TensorRT engines
     trt_target: str | None = None  # TensorRT-RTX ahead-of-time compute capability, e.g. SM89
+    int8_attention: bool = False  # also quantize attention's activation products (for TensorRT's fused attention)
+    int8_calibration: str = "minmax"  # minmax | entropy | percentile
 
     def __post_init__(self) -> None:
+        from .graph.quantize import CALIBRATIONS
+
         _choice("backend", self.backend, BACKENDS)
+        _choice("int8_calibration", self.int8_calibration, CALIBRATIONS)
         if self.trt_target is not None and self.backend != "trt":
             raise VWTError("trt_target builds TensorRT engines: it needs backend='trt'")
 
@@ -192,7 +197,7 @@ class ExportConfig:
                      skip_checks: bool = False, skip_export: bool = False, skip_int8: bool = False,
                      backend: str = "ort", trt_target: str | None = None, batches=(1, 8), reps: int = 10,
                      batch_size: int = 32, max_images: int | None = None, seed: int = 0, device: str = "cpu",
-                     sweep=(), progress: bool = True, command: str | None = None) -> "ExportConfig":
+                     sweep=(), int8_attention: bool = False, int8_calibration: str = "minmax", progress: bool = True, command: str | None = None) -> "ExportConfig":
         """The configuration from the command line's options, by their flag names."""
         if command is None:
             given = {k: v for k, v in locals().items() if k not in ("cls", "model", "command")}
@@ -206,7 +211,8 @@ class ExportConfig:
             compression=Compression(mode=mode, vocab=vocab, vocab_size=vocab_size, threshold=threshold, keep=keep,
                                     space=space, prop_attn=prop_attn, grouping=grouping, seed=seed),
             checks=Checks(enabled=not skip_checks, batches=batches, reps=reps, sweep=sweep),
-            engines=Engines(onnx=not skip_export, int8=not skip_int8, backend=backend, trt_target=trt_target),
+            engines=Engines(onnx=not skip_export, int8=not skip_int8, backend=backend, trt_target=trt_target,
+                            int8_attention=int8_attention, int8_calibration=int8_calibration),
             out=out, device=device, progress=progress, command=command,
         )
 

@@ -265,7 +265,8 @@ def quantize(cfg: ExportConfig, model, graphs: list[Graph], inputs: Inputs, not_
     for g in source:
         variant = Variant(g.variant.method, "int8")
         log.info("quantizing %s to INT8 (Q/DQ, calibrated on %d images)", g.path.name, len(pixels))
-        q = quantize_int8(onnx.load(str(g.path)), batches, portable=True)
+        q = quantize_int8(onnx.load(str(g.path)), batches, portable=True, quantize_attention=cfg.engines.int8_attention,
+                          calibration=cfg.engines.int8_calibration)
         for portable in reversed(variant.onnx_forms()):  # the portable form first: it keeps the function bodies
             if not portable:
                 del q.functions[:]

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import onnx
 import torch
 from onnx import numpy_helper
@@ -40,3 +41,28 @@ def test_int8_is_symmetric_per_channel_qdq_and_close_to_fp32(op_library):
         ref = create_session(fp32).run(None, {"pixels": x})[0]
         got = create_session(q).run(None, {"pixels": x})[0]
         assert cosine_similarity(ref, got) > 0.95
+
+
+def _quantized_matmuls(q):
+    made = {o: n for n in q.graph.node for o in n.output}
+    return {n.name for n in q.graph.node if n.op_type == "MatMul"
+            and any(made.get(i) is not None and made[i].op_type == "DequantizeLinear" for i in n.input)}
+
+
+def test_int8_quantizes_weight_gemms_and_keeps_attention_products_float_unless_asked():
+    from vwt_export.graph.quantize import activation_products
+
+    model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=64, depth=2)
+    x = blocky_images(8, 64, cells=4, seed=2).numpy()
+    base = export_model(model)
+    products = set(activation_products(base))
+    assert len(products) == 2 * 2  # Q.K^T and softmax.V in each of the 2 blocks
+    default = _quantized_matmuls(quantize_int8(base, [x]))
+    assert default and not (default & products)  # weight GEMMs quantized, attention products float
+    everything = _quantized_matmuls(quantize_int8(base, [x], quantize_attention=True))
+    assert products <= everything and default <= everything
+    with pytest.raises(vx.VWTError, match="unknown INT8 calibration 'magic'"):
+        quantize_int8(base, [x], calibration="magic")
+    entropy = quantize_int8(base, [x], calibration="entropy")
+    ref = create_session(base).run(None, {"pixels": x})[0]
+    assert cosine_similarity(ref, create_session(entropy).run(None, {"pixels": x})[0]) > 0.95

@@ -85,8 +85,7 @@ class CompressedViT(nn.Module):
         check_image_size(pixels.shape[-2], pixels.shape[-1], self.patch_size)
         if self.space == "image":
             return image_patches(pixels, self.patch_size).float()
-        m = self.model
-        return flatten_patch_tokens(m.patch_embed(pixels.to(m.patch_embed.proj.weight.dtype))).float()
+        return flatten_patch_tokens(_models.patch_tokens(self.model, pixels)).float()
 
     @torch.no_grad()
     def match(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -99,14 +98,13 @@ class CompressedViT(nn.Module):
     def tokenize(self, pixels: torch.Tensor, keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """pixels[B, C, H, W] -> (tokens[B, T, D], sizes[B, T] or None when every token has size 1). In inter
         mode, `keys` [B, N] (e.g. an ONNX graph's) replace the model's own matching."""
-        m = self.model
         check_image_size(pixels.shape[-2], pixels.shape[-1], self.patch_size)
         if keys is not None and self.mode != "inter":
             raise VWTError(f"keys can only be given in inter mode, this model is '{self.mode}'")
         # a float16 model takes float32 pixels too, as its FP16 ONNX export does: image-space features come from
         # the pixels as given, the tokens from the pixels in the model's dtype
-        patch_tokens = m.patch_embed(pixels.to(m.patch_embed.proj.weight.dtype))
-        x = m.norm_pre(m.patch_drop(m._pos_embed(patch_tokens)))
+        patch_tokens = _models.patch_tokens(self.model, pixels)
+        x = _models.embed_tokens(self.model, patch_tokens)
         if self.mode == "none":
             return x, None
         if self.space == "image":

@@ -1,0 +1,1 @@
+"""Tests of ToMe (vwt_export.tome) and its ONNX export."""

@@ -124,15 +124,21 @@ def test_merge_overlay_tints_exactly_the_merged_patches():
 
 def test_a_sweep_ranks_every_setting_on_the_same_images(tmp_path):
     images = write_demo_images(tmp_path / "imgs", count=6, size=64)
-    result = vx.export("vit_tiny_patch16_224", calib=images, vocab_size=16, batches=[1], reps=2, skip_int8=True,
-                       sweep=["threshold=0.05,0.3", "grouping=global,local", "keep=0.5"], out=tmp_path / "out", **TINY)
+    result = vx.export("vit_tiny_patch16_224", calib=images, vocab_size=16, batches=[1], reps=2,
+                       sweep=["threshold=0.05,0.3", "grouping=global,local", "keep=0.5", "r=2"], out=tmp_path / "out",
+                       **TINY)
     sweep = result.report["sweep"]
     labels = {r["label"] for r in sweep["ranked"]}
-    assert labels == {"fp32", "vwt global t=0.05", "vwt local t=0.05", "vwt global t=0.3", "vwt local t=0.3",
-                      "intra keep=0.5"}
+    assert labels == {"fp32", "int8", "vwt global t=0.05", "vwt local t=0.05", "vwt global t=0.3", "vwt local t=0.3",
+                      "intra keep=0.5", "tome r=2"}
     rows = {r["label"]: r for r in sweep["ranked"]}
-    assert rows["fp32"]["quality"] == pytest.approx(1.0, abs=1e-6) and rows["fp32"]["pareto"]
-    assert rows["intra keep=0.5"]["tokens"] == 1 + 8
+    assert rows["fp32"]["quality"] == pytest.approx(1.0, abs=1e-6)
+    for r in rows.values():  # the front: no other setting at least as fast and better; off it, one is
+        others = [o for o in rows.values() if o is not r]
+        beaten = any(o["latency_ms"] <= r["latency_ms"] and o["quality"] >= r["quality"] for o in others)
+        assert r["pareto"] != beaten or r["pareto"] and not any(
+            o["latency_ms"] < r["latency_ms"] and o["quality"] > r["quality"] for o in others), r
+    assert rows["intra keep=0.5"]["tokens"] == 1 + 8 and rows["tome r=2"]["tokens"] == 17  # 1 block: merges after it
     # local grouping merges only touching patches: never fewer tokens than global at the same threshold
     assert rows["vwt local t=0.3"]["tokens"] >= rows["vwt global t=0.3"]["tokens"]
     assert rows["vwt global t=0.3"]["tokens"] <= rows["vwt global t=0.05"]["tokens"]
@@ -153,3 +159,18 @@ def test_pareto_front_and_sweep_parsing():
     for bad in ("threshold=3", "speed=1", "r=-1", "grouping=blobs", "threshold"):
         with pytest.raises(vx.VWTError, match="--sweep"):
             parse([bad])
+
+
+def test_tome_mode_exports_quantizes_and_measures_like_the_vwt_modes(tmp_path):
+    images = write_demo_images(tmp_path / "imgs", count=4, size=64)
+    result = vx.export("vit_tiny_patch16_224", mode="tome", r=3, calib=images, batches=[1], reps=1,
+                       out=tmp_path / "out", **{**TINY, "model_args": {"img_size": 64, "depth": 2, "num_classes": 10}})
+    assert {g.path.name for g in result.graphs} == {"model.onnx", "model.tome.onnx", "model.int8.onnx",
+                                                   "model.tome.int8.onnx"}
+    assert result.verification["model.tome.onnx"]["verified"]
+    variants = result.report["variants"]
+    assert list(variants) == ["fp32", "int8", "tome", "tome+int8"]
+    # 17 tokens in; block 0 sees 17, block 1 sees 14: ToMe's tokens per block are N + P - r * i
+    assert variants["tome"]["tokens"]["mean"] == variants["tome+int8"]["tokens"]["mean"] == (17 + 14) / 2
+    assert result.report["settings"]["block_tokens"] == [17, 14]
+    assert variants["tome"]["method"] == "tome" and variants["tome"]["merge_share"] is None

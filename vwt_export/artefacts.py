@@ -10,6 +10,8 @@ compressed variants, the portable form with standard-op bodies) and, with Tensor
     vwt         model.vwt.onnx, model.vwt.portable.onnx             model.vwt.fp32.engine
     vwt+fp16    model.vwt.fp16.onnx, model.vwt.fp16.portable.onnx   model.vwt.fp16.engine
     vwt+int8    model.vwt.int8.onnx, model.vwt.int8.portable.onnx   model.vwt.int8.engine
+    tome        model.tome.onnx (standard ops only: no portable twin)  model.tome.fp32.engine
+    tome+int8   model.tome.int8.onnx                                model.tome.int8.engine
 
 Adding a variant (a precision, or a method such as ToMe) changes this module only.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16", "int8")
+CUSTOM_OP_METHODS = ("vwt",)  # methods whose graphs hold vwt custom ops, and so have a portable twin
 BACKENDS = {"ort": "onnxruntime-cpu", "trt": "tensorrt"}
 
 
@@ -27,7 +30,7 @@ BACKENDS = {"ort": "onnxruntime-cpu", "trt": "tensorrt"}
 class Variant:
     """One model the run produces: the baseline or a compressed model, in one precision."""
 
-    method: str = ""  # "" (the uncompressed baseline) or "vwt"
+    method: str = ""  # "" (the uncompressed baseline), "vwt" or "tome"
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
@@ -52,11 +55,11 @@ class Variant:
     def onnx_file(self, portable: bool = False) -> str:
         """The graph's file name; `portable`: the form whose vwt ops carry standard-op bodies."""
         precision = "" if self.precision == "fp32" else f".{self.precision}"
-        return f"{self._stem}{precision}{'.portable' if portable and self.compressed else ''}.onnx"
+        return f"{self._stem}{precision}{'.portable' if portable and self.method in CUSTOM_OP_METHODS else ''}.onnx"
 
     def onnx_forms(self) -> tuple[bool, ...]:
         """The forms written: the custom-op graph, and for compressed variants the portable one too."""
-        return (False, True) if self.compressed else (False,)
+        return (False, True) if self.method in CUSTOM_OP_METHODS else (False,)
 
     def engine_file(self) -> str:
         return f"{self._stem}.{self.precision}.engine"

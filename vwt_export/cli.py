@@ -10,9 +10,8 @@ from typing import Any
 
 import click
 
-from .config import BACKENDS, GROUPINGS
+from .config import BACKENDS, GROUPINGS, MODES
 from .errors import VWTError
-from .vwt.model import MODES
 
 
 class _Lines(logging.Formatter):
@@ -71,7 +70,8 @@ def _print_result(result) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("model")
 @click.option("--mode", type=click.Choice(MODES), default="inter", show_default=True,
-              help="inter: merge patches matching the same visual word; intra: keep the highest-variance patches")
+              help="inter: merge patches matching the same visual word; intra: keep the highest-variance patches; "
+              "tome: ToMe's r merges in every block (a comparator)")
 @click.option("--weights", default=None, help="pretrained (timm hub/cache), random, or a checkpoint path "
               "(.pth/.pt/.safetensors)  [default: pretrained; random with --demo]")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
@@ -88,6 +88,7 @@ def _print_result(result) -> None:
               help="feature space patches are compared in  [default: the vocabulary's, else image]")
 @click.option("--grouping", type=click.Choice(GROUPINGS), default="global", show_default=True,
               help="inter: global merges every patch matching a word; local only touching ones")
+@click.option("--r", "r", type=click.IntRange(min=0), default=8, show_default=True, help="tome: merges per block")
 @click.option("--prop-attn", is_flag=True, help="proportional attention: weight merged tokens by their size")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output folder  [default: vwt-out/MODEL-MODE]")
 @click.option("--skip-checks", is_flag=True, help="do not compare against the uncompressed model")

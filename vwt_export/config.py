@@ -17,7 +17,9 @@ from typing import Any, Mapping
 
 from .errors import VWTError
 from .vwt.features import SPACES
-from .vwt.model import GROUPINGS, MODES
+from .vwt.model import GROUPINGS, MODES as VWT_MODES
+
+MODES = VWT_MODES + ("tome",)
 
 BACKENDS = ("ort", "trt")
 
@@ -107,6 +109,7 @@ class Compression:
     space: str | None = None  # image | embed; None: the vocabulary's, else image
     prop_attn: bool = False
     grouping: str = "global"  # inter: global (the paper) or local (4-connected components)
+    r: int = 8  # tome: merges per block
     seed: int = 0  # k-means seed
 
     def __post_init__(self) -> None:
@@ -121,6 +124,8 @@ class Compression:
         if self.space is not None:
             _choice("space", self.space, SPACES)
         _choice("grouping", self.grouping, GROUPINGS)
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 0:
+            raise VWTError(f"r={self.r!r}: give the merges per block as a whole number >= 0")
         if self.grouping == "local" and self.mode != "inter":
             raise VWTError(f"grouping='local' merges matched words, so it needs mode 'inter', not '{self.mode}'")
 
@@ -186,6 +191,11 @@ class ExportConfig:
             object.__setattr__(self, "command", f"vwt_export.export({self!r})")
 
     @property
+    def method(self) -> str:
+        """The compressed variants' method: vwt (intra, inter), tome, or "" (mode none: no compressed variant)."""
+        return {"none": "", "tome": "tome"}.get(self.compression.mode, "vwt")
+
+    @property
     def needs_vocabulary(self) -> bool:
         return self.compression.mode == "inter" or bool({"threshold", "grouping"} & set(self.checks.sweep))
 
@@ -193,7 +203,8 @@ class ExportConfig:
     def from_options(cls, model: str, *, mode: str = "inter", weights: str = "pretrained",
                      model_args: Mapping[str, Any] | None = None, calib=None, val=None, vocab=None,
                      vocab_size: int = 1000, threshold: float = 0.1, keep: int | float | str = 0.75,
-                     space: str | None = None, prop_attn: bool = False, grouping: str = "global", out=None,
+                     space: str | None = None, prop_attn: bool = False, grouping: str = "global", r: int = 8,
+                     out=None,
                      skip_checks: bool = False, skip_export: bool = False, skip_int8: bool = False,
                      backend: str = "ort", trt_target: str | None = None, batches=(1, 8), reps: int = 10,
                      batch_size: int = 32, max_images: int | None = None, seed: int = 0, device: str = "cpu",
@@ -209,7 +220,7 @@ class ExportConfig:
             model=ModelSpec(model, weights, model_args or {}),
             data=Data(calib=calib, val=val, max_images=max_images, batch_size=batch_size),
             compression=Compression(mode=mode, vocab=vocab, vocab_size=vocab_size, threshold=threshold, keep=keep,
-                                    space=space, prop_attn=prop_attn, grouping=grouping, seed=seed),
+                                    space=space, prop_attn=prop_attn, grouping=grouping, r=r, seed=seed),
             checks=Checks(enabled=not skip_checks, batches=batches, reps=reps, sweep=sweep),
             engines=Engines(onnx=not skip_export, int8=not skip_int8, backend=backend, trt_target=trt_target,
                             int8_attention=int8_attention, int8_calibration=int8_calibration),

@@ -170,7 +170,7 @@ def compress(cfg: ExportConfig, model, vocab, rounded_copy: bool = False):
         if rounded_copy:  # a float16 copy's patch embedding is the vocabulary's own, rounded: not what this warns of
             warnings.filterwarnings("ignore", "embedding-space vocabulary was learned with other")
         return vwt_compress(model, c.mode, vocab=vocab, threshold=c.threshold, keep=c.keep, space=c.space,
-                            prop_attn=c.prop_attn, grouping=c.grouping)
+                            prop_attn=c.prop_attn, grouping=c.grouping, r=c.r)
 
 
 def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tuple[list[Graph], dict[str, dict]]:
@@ -191,12 +191,19 @@ def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tu
         log.info("exporting the %s baseline to ONNX", precision.upper())
         base = export_model(typed, precision=precision)
         protos = [(Variant("", precision), False, base, _float32_in(typed))]
-        if c.mode != "none":
+        variant = Variant(cfg.method, precision)
+        if cfg.method == "vwt":
             vwt = apply_vwt(base, c.mode, vocab=vocab.words.numpy() if vocab is not None else None,
                             threshold=c.threshold, keep=resolve_keep(c.keep, ctyped.num_patches), space=ctyped.space,
                             prop_attn=c.prop_attn, pooling=typed.global_pool, grouping=c.grouping)
-            protos += [(Variant("vwt", precision), False, vwt, ctyped),
-                       (Variant("vwt", precision), True, make_portable(vwt), ctyped)]
+            protos += [(variant, False, vwt, ctyped), (variant, True, make_portable(vwt), ctyped)]
+        elif cfg.method == "tome" and precision != "fp32":
+            log.warning("ToMe is exported in FP32 only (its float16 graph is untested); no %s ToMe graph", precision)
+        elif cfg.method == "tome":
+            from .graph.tome_export import export_tome
+
+            log.info("exporting ToMe (r=%d) to ONNX", c.r)
+            protos.append((variant, False, export_tome(ctyped, check=False), ctyped))
         for variant, portable, proto, reference in protos:
             path = save_model(proto, cfg.out / variant.onnx_file(portable))
             graphs.append(Graph(variant, portable, path))
@@ -378,7 +385,7 @@ def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[
             r["energy"] = energy.measure_cpu_variant()
         r["merge_share"] = merge_share(c.path, pixels[:4]) if c.variant.compressed and c.backend != "tensorrt" else None
         out[c.label] = {"file": c.path.name, "backend": c.backend, "precision": c.variant.precision,
-                        "vwt": c.variant.compressed, **r}
+                        "vwt": c.variant.compressed, "method": c.variant.method or "none", **r}
     if any(c.backend == "tensorrt" and c.variant.compressed for c in candidates):
         not_measured.append({"what": "tokens of the TensorRT engines", "why": "an engine returns logits only"})
     not_measured.append({"what": "FP16 variants on ONNX Runtime CPU", "why": "CPUs without native float16 "
@@ -441,7 +448,7 @@ def run_sweep(cfg: ExportConfig, model, vocab, graphs: list[Graph], inputs: Inpu
         path = save_model(proto, cfg.out / "sweep" / setting.file)
         files.append(path)
         verification[f"sweep/{path.name}"] = _verify(verify_graph, path, reference, pixels, "fp32")
-        candidates.append(Candidate(setting.label, Variant("vwt", "fp32"), path))
+        candidates.append(Candidate(setting.label, Variant("tome" if setting.method == "tome" else "vwt", "fp32"), path))
         methods[setting.label] = setting.method
     runners = {cd.label: load_runner(cd) for cd in candidates}
     logits, tokens = outputs(candidates, runners, inputs.check_files, transform(model), cfg.data.batch_size)
@@ -482,8 +489,8 @@ def polygraphy_files(cfg: ExportConfig, model, cmodel, inputs: Inputs) -> dict:
     with atomic_path(folder / "inputs.json") as tmp:
         save_json([{"pixels": pixels}], str(tmp))
     references = [(Variant("", "fp32"), model)]
-    if cfg.compression.mode != "none":
-        references.append((Variant("vwt", "fp32"), cmodel))
+    if cfg.method:
+        references.append((Variant(cfg.method, "fp32"), cmodel))
     outputs, commands = {}, []
     with torch.no_grad():
         for variant, module in references:
@@ -579,4 +586,6 @@ def _settings(cfg: ExportConfig, cmodel, vocab) -> dict:
     if c.mode == "inter":
         settings.update(threshold=c.threshold, space=cmodel.space, grouping=c.grouping, vocab_size=vocab.size,
                         vocab=str(c.vocab or cfg.out / "vocab.safetensors"))
+    if c.mode == "tome":
+        settings.update(r=c.r, prop_attn=True, block_tokens=list(cmodel.block_tokens))
     return settings

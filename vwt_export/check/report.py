@@ -61,6 +61,7 @@ def markdown(report: dict) -> str:
     imgs = report["images"]
     lines += [f"Mode **{s['mode']}**" + (f", threshold {s['threshold']}, {s.get('vocab_size')} words" if s["mode"] == "inter" else "")
               + (f", keep {s.get('keep')}" if s["mode"] == "intra" else "")
+              + (f", r {s.get('r')} (ToMe, proportional attention)" if s["mode"] == "tome" else "")
               + f". {imgs['count']} check images from `{imgs['folder']}` ({'labelled' if imgs['labelled'] else 'no labels: fidelity only'}).",
               f"Backend: ONNX Runtime {report['environment']['onnxruntime']} CPU, {report['environment']['cpu_count']} cores; "
               "all variants timed in one interleaved run.", ""]

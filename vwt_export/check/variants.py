@@ -42,8 +42,15 @@ def load_runner(candidate: Candidate) -> Callable:
     if candidate.backend != "onnxruntime-cpu" or not candidate.variant.compressed:
         return load(candidate.path)
     from ..backends.onnxruntime import load_proto, runner
+    from ..graph.tome_export import read_schedule
 
-    produced = {o for n in load_proto(candidate.path).graph.node for o in n.output}
+    proto = load_proto(candidate.path)
+    schedule = read_schedule(proto)
+    if schedule is not None:  # ToMe: the same tokens for every image, by construction (mean over the blocks)
+        f = load(candidate.path)
+        f.fixed_tokens = schedule["mean_tokens"]
+        return f
+    produced = {o for n in proto.graph.node for o in n.output}
     probe = {k: v for k, v in TOKEN_PROBES.items() if k in produced}
     f = runner(candidate.path, extra_outputs=probe)
     f.counts_tokens = bool(probe)
@@ -70,6 +77,9 @@ def outputs(candidates: Sequence[Candidate], runners: dict[str, Callable], files
                 out, probe = f.with_extras(x)
                 logits[c.label].append(out)
                 tokens.setdefault(c.label, []).extend(int(n) for n in _real_tokens(probe))
+            elif hasattr(f, "fixed_tokens"):
+                logits[c.label].append(f(x))
+                tokens.setdefault(c.label, []).extend([f.fixed_tokens] * len(x))
             else:
                 logits[c.label].append(f(x))
     return {k: np.concatenate(v) for k, v in logits.items()}, tokens
@@ -101,5 +111,5 @@ def merge_share(path: Path, pixels: np.ndarray, reps: int = 5) -> float | None:
 
 
 def token_stats(counts: Sequence[int]) -> dict:
-    c = list(map(int, counts))
+    c = [int(n) if float(n).is_integer() else float(n) for n in counts]  # ToMe's mean over blocks is fractional
     return {"mean": statistics.fmean(c), "min": min(c), "max": max(c), "counts": c}

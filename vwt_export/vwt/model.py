@@ -157,13 +157,18 @@ class CompressedViT(nn.Module):
 
 def compress(model: nn.Module, mode: str = "inter", *, vocab: Vocabulary | None = None, threshold: float = 0.1,
              keep: int | float = 0.75, space: str | None = None, prop_attn: bool = False,
-             grouping: str = "global") -> CompressedViT:
-    """Wrap a timm ViT (from `load_model`) with VWT token compression.
+             grouping: str = "global", r: int = 8) -> nn.Module:
+    """Wrap a timm ViT (from `load_model`) with token compression.
 
     mode="inter": merge patches matching the same word of `vocab` (cosine distance <= threshold).
     mode="intra": keep the `keep` highest-variance patches (a count, or a fraction of N).
+    mode="tome":  ToMe (vwt_export.tome): r merges in every block, always with proportional attention.
     mode="none":  the uncompressed model behind the same interface.
     grouping="local" (inter only): a group is split into its 4-connected components on the patch grid.
     """
+    if mode == "tome":
+        from ..tome import compress_tome
+
+        return compress_tome(model, r, prop_attn=True)
     return CompressedViT(model, mode, vocab=vocab, threshold=threshold, keep=keep, space=space,
                          prop_attn=prop_attn, grouping=grouping).eval()

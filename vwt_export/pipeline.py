@@ -88,7 +88,11 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
         graphs, verification = export_graphs(cfg, model, cmodel, vocab, inputs)
         graphs += quantize(cfg, model, graphs, inputs, not_measured)
         engines = build_engines(cfg, graphs, not_measured)
-        written += [g.path for g in graphs] + [p for e in engines.values() for p in (e, _sidecar(e))]
+        written += [g.path for g in graphs]
+        if engines:
+            from .backends.tensorrt import sidecar_path
+
+            written += [p for e in engines.values() for p in (e, sidecar_path(e))]
     else:
         not_measured.append({"what": "ONNX graphs, INT8 variants, engines", "why": "skipped (--skip-export)"})
     torch_check = check_torch(cfg, model, cmodel, inputs) if cfg.checks.enabled else None
@@ -105,7 +109,7 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
                                      not_measured, sweep)
         written += files
     result = ExportResult(cfg, cfg.out, graphs, engines, verification, torch_check, report, not_measured, written)
-    written.append(write_summary(cfg, model, cmodel, vocab, result))
+    written.append(write_summary(cfg, model, cmodel, vocab, result))  # the summary describes the result it ends
     return result
 
 
@@ -121,7 +125,7 @@ def check_inputs(cfg: ExportConfig) -> Inputs:
     calib = readable_images(d.calib, d.max_images) if d.calib else []
     check = readable_images(d.val, d.max_images) if d.val else (calib if cfg.checks.enabled else [])
     vocab = None
-    if c.mode == "inter" and c.vocab is not None:
+    if cfg.needs_vocabulary and c.vocab is not None:
         vocab = Vocabulary.load(c.vocab, space=c.space)
         if c.space and vocab.space != c.space:
             raise VWTError(f"{c.vocab}: a {vocab.space}-space vocabulary, but --space {c.space} was given")
@@ -312,10 +316,6 @@ def build_engines(cfg: ExportConfig, graphs: list[Graph], not_measured: list) ->
             continue
         engines[variant] = engine
     return engines
-
-
-def _sidecar(engine: Path) -> Path:
-    return Path(str(engine) + ".json")
 
 
 def check_torch(cfg: ExportConfig, model, cmodel, inputs: Inputs) -> dict:

@@ -15,7 +15,7 @@ TENSORRT_ROOT ?= $(wildcard $(HOME)/.cache/vwt-export/tensorrt)
 TRT_LIB := vwt_export/lib/libvwt_trt_plugin.so
 NATIVE  := $(LIB) $(if $(TENSORRT_ROOT),$(TRT_LIB))
 
-setup: $(VENV)/.setup-done $(NATIVE) $(VENV)/.trt-rtx-link
+setup: $(VENV)/.setup-done $(NATIVE) $(VENV)/.trt-rtx-link $(VENV)/.serving
 
 $(VENV)/.setup-done: pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ $(VENV)/.setup-done: pyproject.toml Makefile
 $(VENV)/.trt-rtx: $(VENV)/.setup-done
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check tensorrt-rtx==1.7.1.116 \
 		|| echo "note: tensorrt-rtx did not install; the TensorRT tests will skip"
+	@touch $@
+
+# The serving extra (vwt-export serve, tests/serving): only nvidia-pytriton's tritonserver binary is used, so its
+# numpy<2 pin (and tritonclient[grpc]'s protobuf pin) would only downgrade the pinned stack: install without them.
+$(VENV)/.serving: $(VENV)/.setup-done
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps nvidia-pytriton==0.7.0 tritonclient==2.73.0 \
+		&& $(BIN)/python -m pip install --quiet --disable-pip-version-check python-rapidjson 'urllib3>=2.0.7' \
+		'aiohttp>=3.8.1,<4' 'geventhttpclient>=2.3.3' 'greenlet<3.4' 'grpcio>=1.81.1' \
+		|| echo "note: the serving extra did not install; the serving tests will skip"
 	@touch $@
 
 # TensorRT-RTX's ONNX parser opens the unversioned libtensorrt_rtx.so when it loads a plugin, and the wheel ships

@@ -101,7 +101,8 @@ def test_tokens_are_measured_on_each_graph(tmp_path):
     """The INT8 graph's tokens come from its own TokenMerge, not from the torch path."""
     images = write_demo_images(tmp_path / "imgs", count=6, size=64)
     result = vx.export("vit_tiny_patch16_224", calib=images, vocab_size=16, batches=[1], reps=1,
-                       out=tmp_path / "out", **TINY)
+                       out=tmp_path / "out", triton=True, **TINY)
+    assert (tmp_path / "out" / "triton" / "vwt_python" / "config.pbtxt").is_file()
     variants = result.report["variants"]
     torch_counts = result.torch_check["counts"]
     assert variants["vwt"]["tokens"]["counts"] == torch_counts

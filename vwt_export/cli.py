@@ -99,6 +99,8 @@ def _print_result(result) -> None:
               "attention; by default only weight GEMMs and the patch conv are")
 @click.option("--int8-calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
               show_default=True, help="INT8 calibration method")
+@click.option("--triton", is_flag=True, help="also write OUT/triton/, a Triton Inference Server model repository "
+              "(serve it with `vwt-export serve OUT/triton`)")
 @click.option("--backend", type=click.Choice(BACKENDS), default="ort", show_default=True,
               help="ort: ONNX Runtime CPU variants; trt: also TensorRT engines (FP32, FP16, INT8)")
 @click.option("--trt-target", default=None, metavar="SM89",
@@ -125,7 +127,7 @@ def command(argv: list[str], model: str, demo: bool, quiet: bool, debug: bool, m
     Examples:
       vwt-export deit_s --mode inter --calib images/ --val val/
       vwt-export deit_s --mode intra --keep 0.5 --val val/
-      vwt-export deit_s --demo
+      vwt-export deit_s --demo --triton && vwt-export serve vwt-out/deit_s-inter/triton
     """
     from .pipeline import export
 
@@ -160,8 +162,13 @@ def command(argv: list[str], model: str, demo: bool, quiet: bool, debug: bool, m
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: usage errors, like input errors, are one line and exit 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    entry, prog, args = command, "vwt-export", argv
+    if argv[:1] == ["serve"]:  # `vwt-export serve OUT/triton`: a model can never be called "serve"
+        from .serving import serve as entry
+
+        prog, args = "vwt-export serve", argv[1:]
     try:
-        code = command.main(args=argv, prog_name="vwt-export", standalone_mode=False, obj=argv)
+        code = entry.main(args=args, prog_name=prog, standalone_mode=False, obj=argv)
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()} (see vwt-export --help)", err=True)
         sys.exit(e.exit_code)

@@ -153,6 +153,7 @@ class Engines:
     trt_target: str | None = None  # TensorRT-RTX ahead-of-time compute capability, e.g. SM89
     int8_attention: bool = False  # also quantize attention's activation products (for TensorRT's fused attention)
     int8_calibration: str = "minmax"  # minmax | entropy | percentile
+    triton: bool = False  # also write OUT/triton/, a Triton Inference Server model repository
 
     def __post_init__(self) -> None:
         from .graph.quantize import CALIBRATIONS
@@ -183,6 +184,8 @@ class ExportConfig:
             raise VWTError("inter mode needs a vocabulary: pass --vocab FILE or --calib DIR to learn one (or --demo)")
         if self.checks.enabled and d.check_folder is None:
             raise VWTError("the checks need images: pass --val DIR or --calib DIR (or --skip-checks)")
+        if self.engines.triton and not self.engines.onnx:
+            raise VWTError("--triton serves the ONNX graphs: drop --skip-export")
         if self.checks.sweep and not (self.checks.enabled and self.engines.onnx):
             raise VWTError("--sweep measures ONNX graphs on the check images: drop --skip-checks / --skip-export")
         if self.needs_vocabulary and c.vocab is None and d.calib is None:
@@ -208,7 +211,8 @@ class ExportConfig:
                      skip_checks: bool = False, skip_export: bool = False, skip_int8: bool = False,
                      backend: str = "ort", trt_target: str | None = None, batches=(1, 8), reps: int = 10,
                      batch_size: int = 32, max_images: int | None = None, seed: int = 0, device: str = "cpu",
-                     sweep=(), int8_attention: bool = False, int8_calibration: str = "minmax", progress: bool = True, command: str | None = None) -> "ExportConfig":
+                     sweep=(), int8_attention: bool = False, int8_calibration: str = "minmax", triton: bool = False,
+                     progress: bool = True, command: str | None = None) -> "ExportConfig":
         """The configuration from the command line's options, by their flag names."""
         if command is None:
             given = {k: v for k, v in locals().items() if k not in ("cls", "model", "command")}
@@ -223,7 +227,7 @@ class ExportConfig:
                                     space=space, prop_attn=prop_attn, grouping=grouping, r=r, seed=seed),
             checks=Checks(enabled=not skip_checks, batches=batches, reps=reps, sweep=sweep),
             engines=Engines(onnx=not skip_export, int8=not skip_int8, backend=backend, trt_target=trt_target,
-                            int8_attention=int8_attention, int8_calibration=int8_calibration),
+                            int8_attention=int8_attention, int8_calibration=int8_calibration, triton=triton),
             out=out, device=device, progress=progress, command=command,
         )
 

@@ -108,6 +108,12 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
         report, files = write_report(cfg, model, cmodel, vocab, inputs, variants, verification, polygraphy,
                                      not_measured, sweep)
         written += files
+    if cfg.engines.triton:
+        from .serving import write_repository
+
+        files = [g.path for g in graphs] + list(engines.values())
+        written.append(write_repository(cfg.out, files))
+        log.info("wrote a Triton model repository in %s: serve it with `vwt-export serve %s`", written[-1], written[-1])
     result = ExportResult(cfg, cfg.out, graphs, engines, verification, torch_check, report, not_measured, written)
     written.append(write_summary(cfg, model, cmodel, vocab, result))  # the summary describes the result it ends
     return result

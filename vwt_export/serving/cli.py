@@ -84,6 +84,3 @@ def serve(repository: Path, http_port: int | None, grpc_port: int | None, metric
         click.echo("interrupted", err=True)
         sys.exit(130)
 
-
-if __name__ == "__main__":  # python -m vwt_export.serving.cli OUT/triton (before `vwt-export serve` is wired)
-    serve()

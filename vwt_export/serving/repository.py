@@ -50,6 +50,7 @@ TEMPLATE = Path(__file__).parent / "python_model" / "model.py"
 TOKENIZE, TRUNK = ".tokenize.onnx", ".trunk.onnx"
 VERSION = "1"
 INPUT, OUTPUT = "pixels", "logits"
+README_TITLE = "# Triton model repository (written by vwt-export)"
 
 
 @dataclass
@@ -194,7 +195,12 @@ def write_repository(out_dir: Path, files: Iterable[str | os.PathLike] | None = 
         raise VWTError(f"{out_dir}: neither model.onnx nor model.vwt.onnx to serve; run vwt-export first "
                        "(without --skip-export)")
     root = Path(triton_dir) if triton_dir else out_dir / "triton"
-    if root.exists():
+    if root.exists():  # rewritten from scratch, but only a folder this function wrote (or an empty one)
+        readme = root / "README.md"
+        ours = readme.is_file() and readme.read_text(errors="replace").startswith(README_TITLE)
+        if not ours and any(root.iterdir()):
+            raise VWTError(f"{root}: exists and is not a repository written by vwt-export; remove it or choose "
+                           "another folder")
         shutil.rmtree(root)
     root.mkdir(parents=True)
     written: list[str] = []
@@ -262,7 +268,7 @@ def write_repository(out_dir: Path, files: Iterable[str | os.PathLike] | None = 
         _write_model(root, trt_config(name, graph_io(source), s, max_batch), {"model.plan": engine},
                      f"{name}: {engine.name} on Triton's tensorrt backend; {note}.\n"
                      f"max_batch_size {max_batch}: the engine's optimisation profile ends there.\n"
-                     "UNVERIFIED: no GPU or TensorRT here; the engine must come from the TensorRT of the serving Triton.",
+                     "UNVERIFIED: no GPU or TensorRT here; the engine must come from the serving Triton's TensorRT.",
                      s.link)
         written.append(name)
 
@@ -300,7 +306,7 @@ def _optional_trt_plugin() -> Path | None:
 def _readme(root: Path, models: list[str], lib: Path | None, plugin: Path | None) -> str:
     python = [m for m in models if m.endswith("_python")]
     lines = [
-        "# Triton model repository (written by vwt-export)", "",
+        README_TITLE, "",
         "Models: " + ", ".join(models) + ".", "",
         "## Serve here (the Python-backend models)", "",
         "    pip install 'vwt-export[serving]'",

@@ -163,8 +163,12 @@ class TritonServer:
         for p in ports:
             if not _port_free(p):
                 raise VWTError(f"port {p} on {HOST} is in use; choose another or leave it out for a free one")
-        self.http_port, self.grpc_port, self.metrics_port = (p or free_port() for p in (http_port, grpc_port,
-                                                                                        metrics_port))
+        chosen = []
+        for p in (http_port, grpc_port, metrics_port):
+            while not p or p in chosen:  # free ports, distinct from the given ones and from each other
+                p = free_port()
+            chosen.append(p)
+        self.http_port, self.grpc_port, self.metrics_port = chosen
         self.log_verbose = log_verbose
         self.process: subprocess.Popen | None = None
         self.workdir: Path | None = None
@@ -235,8 +239,8 @@ class TritonServer:
         pending = list(self.models)
         while True:
             if self.process.poll() is not None:
-                raise VWTError(f"tritonserver exited with code {self.process.returncode} before it was ready; "
-                               f"its log ends:\n{self.log_tail()}")
+                raise VWTError(f"tritonserver exited with code {self.process.returncode} before it was ready"
+                               f"{self._hint()}; its log ends:\n{self.log_tail()}")
             with contextlib.suppress(OSError):
                 if self._get("/v2/health/live")[0] == 200:
                     pending = [m for m in pending if self._get(f"/v2/models/{m}/ready")[0] != 200]
@@ -246,6 +250,13 @@ class TritonServer:
                 raise VWTError(f"tritonserver was not ready after {timeout:.0f} s (models not ready: "
                                f"{', '.join(pending) or 'none'}); its log ends:\n{self.log_tail()}")
             time.sleep(0.25)
+
+    def _hint(self) -> str:
+        """The one failure of this wheel we know a fix for: the stub links the system's libpython3.X.so."""
+        if "libpython" in self.log_tail(200):
+            v = f"{sys.version_info.major}.{sys.version_info.minor}"
+            return f" (the Python backend stub needs libpython{v}.so.1.0, e.g. apt-get install libpython{v})"
+        return ""
 
     def statistics(self, model: str) -> dict:
         status, body = self._get(f"/v2/models/{model}/stats")

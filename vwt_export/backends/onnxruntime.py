@@ -43,8 +43,10 @@ def load_proto(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise VWTError(f"{path}: not a readable ONNX model ({type(e).__name__}: {str(e)[:120]})") from None
 
 
-def session_options(proto: onnx.ModelProto, name: str = "model", profile: bool = False, threads: int | None = None):
-    """SessionOptions with the vwt op library registered when (and only when) the graph needs it."""
+def session_options(proto: onnx.ModelProto, name: str = "model", profile: bool = False, threads: int | None = None,
+                    spinning: bool = True):
+    """SessionOptions with the vwt op library registered when (and only when) the graph needs it. `spinning=False`
+    lets idle intra-op threads sleep instead of spinning (for a session that waits while another one works)."""
     import onnxruntime as ort
 
     try:
@@ -55,6 +57,8 @@ def session_options(proto: onnx.ModelProto, name: str = "model", profile: bool =
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile:
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="vwt-profile-")) / "ort")
@@ -87,13 +91,14 @@ def with_outputs(proto: onnx.ModelProto, extra: Mapping[str, int]) -> onnx.Model
 
 
 def create_session(model: str | os.PathLike | onnx.ModelProto, providers: Sequence[str] | None = None,
-                   threads: int | None = None, profile: bool = False, extra_outputs: Mapping[str, int] | None = None):
+                   threads: int | None = None, profile: bool = False, extra_outputs: Mapping[str, int] | None = None,
+                   spinning: bool = True):
     """An InferenceSession for a path or a proto; the vwt op library is registered if the graph needs it."""
     import onnxruntime as ort
 
     name = str(model) if not isinstance(model, onnx.ModelProto) else "model"
     proto = load_proto(model)
-    so = session_options(proto, name, profile, threads)
+    so = session_options(proto, name, profile, threads, spinning)
     if extra_outputs:
         source = with_outputs(proto, extra_outputs).SerializeToString()
     else:

@@ -6,8 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import vwt_export as vx
 from vwt_export.demo import write_demo_images
@@ -175,3 +177,22 @@ def test_tome_mode_exports_quantizes_and_measures_like_the_vwt_modes(tmp_path):
     assert variants["tome"]["tokens"]["mean"] == variants["tome+int8"]["tokens"]["mean"] == (17 + 14) / 2
     assert result.report["settings"]["block_tokens"] == [17, 14]
     assert variants["tome"]["method"] == "tome" and variants["tome"]["merge_share"] is None
+
+
+def test_inter_runs_write_the_two_stages_and_time_batches_length_aware(tmp_path):
+    images = write_demo_images(tmp_path / "imgs", count=6, size=64)
+    result = vx.export("vit_tiny_patch16_224", calib=images, vocab_size=16, batches=[1, 4], reps=1,
+                       out=tmp_path / "out", **TINY)
+    names = {g.path.name for g in result.graphs if g.stage}
+    assert names == {"model.vwt.tokenize.onnx", "model.vwt.trunk.onnx", "model.vwt.int8.tokenize.onnx",
+                     "model.vwt.int8.trunk.onnx"}
+    assert result.verification["model.vwt.tokenize.onnx"]["verified"]
+    variants = result.report["variants"]
+    assert variants["vwt"]["batching"].startswith("length-aware") and variants["fp32"]["batching"] == "padded"
+    assert "length-aware batching" in (tmp_path / "out" / "report.md").read_text()
+    model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=64, depth=1, num_classes=10)
+    x = np.stack([vx.models.transform(model)(Image.open(p).convert("RGB")) for p in sorted(images.glob("*.png"))])
+    staged = vx.runtime.load(tmp_path / "out" / "model.vwt.tokenize.onnx")(x)
+    one = vx.runtime.load(result.graph("vwt"))
+    per_image = np.concatenate([one(x[i : i + 1]) for i in range(len(x))])
+    np.testing.assert_allclose(staged, per_image, rtol=1e-4, atol=1e-5)

@@ -10,6 +10,8 @@ compressed variants, the portable form with standard-op bodies) and, with Tensor
     vwt         model.vwt.onnx, model.vwt.portable.onnx             model.vwt.fp32.engine
     vwt+fp16    model.vwt.fp16.onnx, model.vwt.fp16.portable.onnx   model.vwt.fp16.engine
     vwt+int8    model.vwt.int8.onnx, model.vwt.int8.portable.onnx   model.vwt.int8.engine
+    (vwt, inter mode: the same graph in two stages for length-aware batching: model.vwt.tokenize.onnx and
+     model.vwt.trunk.onnx, model.vwt.int8.tokenize.onnx and model.vwt.int8.trunk.onnx)
     tome        model.tome.onnx (standard ops only: no portable twin)  model.tome.fp32.engine
     tome+int8   model.tome.int8.onnx                                model.tome.int8.engine
 
@@ -61,6 +63,11 @@ class Variant:
         """The forms written: the custom-op graph, and for compressed variants the portable one too."""
         return (False, True) if self.method in CUSTOM_OP_METHODS else (False,)
 
+    def stage_file(self, stage: str) -> str:
+        """The tokenize or trunk stage of the custom-op graph (length-aware batching)."""
+        precision = "" if self.precision == "fp32" else f".{self.precision}"
+        return f"{self._stem}{precision}.{stage}.onnx"
+
     def engine_file(self) -> str:
         return f"{self._stem}.{self.precision}.engine"
 
@@ -76,6 +83,7 @@ class Graph:
     variant: Variant
     portable: bool
     path: Path
+    stage: str = ""  # "" (the whole model), "tokenize" or "trunk"
 
 
 def exported_precisions(backend: str) -> tuple[str, ...]:
@@ -89,5 +97,5 @@ def in_order(variants_: set[Variant] | list[Variant]) -> list[Variant]:
     return sorted(variants_, key=lambda v: (v.method, PRECISIONS.index(v.precision)))
 
 
-def find(graphs: list[Graph], variant: Variant, portable: bool = False) -> Graph | None:
-    return next((g for g in graphs if g.variant == variant and g.portable == portable), None)
+def find(graphs: list[Graph], variant: Variant, portable: bool = False, stage: str = "") -> Graph | None:
+    return next((g for g in graphs if g.variant == variant and g.portable == portable and g.stage == stage), None)

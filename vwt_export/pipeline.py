@@ -57,7 +57,7 @@ class ExportResult:
     def graph(self, variant: str = "fp32", portable: bool = False) -> Path:
         """The file of a variant by its report name (fp32, vwt, vwt+int8, ...)."""
         for g in self.graphs:
-            if g.variant.name == variant and g.portable == portable:
+            if g.variant.name == variant and g.portable == portable and not g.stage:
                 return g.path
         raise KeyError(f"no {'portable ' if portable else ''}graph of variant {variant!r} was written")
 
@@ -87,6 +87,8 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
     if cfg.engines.onnx:
         graphs, verification = export_graphs(cfg, model, cmodel, vocab, inputs)
         graphs += quantize(cfg, model, graphs, inputs, not_measured)
+        graphs += split_stages(cfg, graphs, verification_pixels(model, inputs.check_files or inputs.calib_files),
+                               verification)
         engines = build_engines(cfg, graphs, not_measured)
         written += [g.path for g in graphs]
         if engines:
@@ -291,6 +293,34 @@ def quantize(cfg: ExportConfig, model, graphs: list[Graph], inputs: Inputs, not_
     return out
 
 
+def split_stages(cfg: ExportConfig, graphs: list[Graph], pixels: torch.Tensor, verification: dict) -> list[Graph]:
+    """Inter mode: each VWT graph (FP32, INT8) again as tokenize + trunk, for length-aware batching; the pair is
+    checked against the one graph (itself verified against torch) on the verification images."""
+    import onnx
+
+    from .check.verify import relative_error
+    from .graph.export import save_model
+    from .graph.stages import split_stages as split
+    from .runtime import load
+
+    if cfg.compression.mode != "inter":
+        return []
+    out = []
+    x = pixels.cpu().numpy()
+    for g in [g for g in graphs if g.variant.method == "vwt" and not g.portable and g.variant.precision != "fp16"]:
+        tokenize, trunk = (Graph(g.variant, False, save_model(proto, cfg.out / g.variant.stage_file(stage)), stage)
+                           for stage, proto in zip(("tokenize", "trunk"), split(onnx.load(str(g.path)))))
+        out += [tokenize, trunk]
+        err = relative_error(load(g.path)(x), load(tokenize.path)(x), tokenize.path.name)
+        verification[tokenize.path.name] = {"file": tokenize.path.name, "verified": err <= 1e-5, "max_rel_err": err,
+                                            "against": g.path.name}
+        if err > 1e-5:
+            raise VWTError(f"{tokenize.path.name} + {trunk.path.name} differ from {g.path.name} by {err:.1e}")
+        log.info("split %s into %s + %s for length-aware batching: together they equal it (max relative error "
+                 "%.1e)", g.path.name, tokenize.path.name, trunk.path.name, err)
+    return out
+
+
 def build_engines(cfg: ExportConfig, graphs: list[Graph], not_measured: list) -> dict[Variant, Path]:
     """--backend trt: a TensorRT engine (+ JSON sidecar) per variant, strongly typed from the graph of its
     precision; compressed variants from the plugin graphs when the plugin library exists, else the portable ones."""
@@ -349,7 +379,7 @@ def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[
     from .models import is_headless, transform
 
     # ONNX Runtime's CPU provider runs float16 slower than float32: FP16 is timed on TensorRT only
-    ort_graphs = {g.variant: g.path for g in graphs if not g.portable and g.variant.precision != "fp16"}
+    ort_graphs = {g.variant: g.path for g in graphs if not (g.portable or g.stage) and g.variant.precision != "fp16"}
     candidates = [Candidate(v.label("ort"), v, ort_graphs[v]) for v in artefacts.in_order(ort_graphs)]
     if engines:
         try:
@@ -372,8 +402,18 @@ def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[
     batches = cfg.checks.batches
     pixels = _pixels(model, inputs.check_files, max(batches))
     feeds = {b: np.resize(pixels, (b, *pixels.shape[1:])) for b in batches}
+    timed = dict(runners)
+    length_aware = {}  # variants whose batches > 1 run through the two stages (runtime.load on the tokenize graph)
+    for c in candidates:
+        tokenize = artefacts.find(graphs, c.variant, stage="tokenize") if c.backend == "onnxruntime-cpu" else None
+        if tokenize is not None:
+            from .runtime import load as load_runtime
+
+            length_aware[c.label] = tokenize.path.name
+            timed[c.label] = lambda x, one=runners[c.label], staged=load_runtime(tokenize.path): (
+                one(x) if len(x) == 1 else staged(x))
     with tqdm(total=3 + cfg.checks.reps, desc="timing (interleaved)", unit="rep", disable=not cfg.progress) as bar:
-        timing = latency.measure(runners, feeds, warmup=3, reps=cfg.checks.reps, progress=bar.update)
+        timing = latency.measure(timed, feeds, warmup=3, reps=cfg.checks.reps, progress=bar.update)
     tokens_in = model.num_prefix_tokens + model.patch_embed.num_patches
     out = {}
     for c in candidates:
@@ -391,7 +431,9 @@ def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[
             r["energy"] = energy.measure_cpu_variant()
         r["merge_share"] = merge_share(c.path, pixels[:4]) if c.variant.compressed and c.backend != "tensorrt" else None
         out[c.label] = {"file": c.path.name, "backend": c.backend, "precision": c.variant.precision,
-                        "vwt": c.variant.compressed, "method": c.variant.method or "none", **r}
+                        "vwt": c.variant.compressed, "method": c.variant.method or "none",
+                        "batching": f"length-aware ({length_aware[c.label]} + trunk)" if c.label in length_aware
+                        else "padded", **r}
     if any(c.backend == "tensorrt" and c.variant.compressed for c in candidates):
         not_measured.append({"what": "tokens of the TensorRT engines", "why": "an engine returns logits only"})
     not_measured.append({"what": "FP16 variants on ONNX Runtime CPU", "why": "CPUs without native float16 "

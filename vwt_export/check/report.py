@@ -9,7 +9,7 @@ report.json, version 1:
   variants     {name: {file, backend, precision, vwt, accuracy {top1, top5} | null,
                 fidelity {top1_agreement, top5_overlap, kl_divergence, cosine_similarity} vs fp32
                   (the first three null for a headless model: its outputs are features, not class scores),
-                tokens {mean, min, max, counts}, merge_share | null,
+                tokens {mean, min, max, counts}, merge_share | null, batching (padded | length-aware (...)),
                 latency {batch: {p50_ms, p90_ms, p99_ms, mean_ms, runs, images_per_s}},
                 energy {available, reason | j_per_image_gross, j_per_image_net, ...}}}
   verification {file: {verified, max_rel_err | reason, patches, near_ties, images_with_near_ties, matches_differ}}
@@ -81,6 +81,12 @@ def markdown(report: dict) -> str:
                 _fmt(v["energy"].get("j_per_image_net"), ".3f", "n/a")]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
+    staged = [n for n, v in report["variants"].items() if v.get("batching", "padded") != "padded"]
+    if staged and batches and batches[-1] > 1:
+        lines.append(f"At batch > 1, {', '.join(staged)} run with length-aware batching: the batch is tokenized once, "
+                     "ordered by token count and run through the trunk in sub-batches of similar length "
+                     "(`vwt_export.runtime.load` on the `.tokenize.onnx` graph); batch 1 runs the one graph.")
+        lines.append("")
     shares = {n: v["merge_share"] for n, v in report["variants"].items() if v.get("merge_share") is not None}
     if shares:
         lines.append("Share of run time spent labelling and merging (batch 1, ONNX Runtime profiler): "

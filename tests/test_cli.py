@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+import vwt_export as vx
 from vwt_export import Vocabulary
 from vwt_export.cli import main
 from vwt_export.demo import write_demo_images
@@ -136,6 +137,17 @@ def test_trt_backend_builds_every_engine_ahead_of_time(tmp_path, images, capsys)
             assert sidecar["build"]["precision"] == precision and sidecar["gpu"]["compute_capability"] == "SM89"
     report = json.loads((out / "report.json").read_text())
     assert any("TensorRT engines" in m["what"] and "SM89" in m["why"] for m in report["not_measured"])
+    for precision in ("fp32", "int8"):  # the trunk stage over a token-count profile, for length-aware batching
+        sidecar = json.loads((out / f"model.vwt.trunk.{precision}.engine.json").read_text())
+        assert sidecar["build"]["tokens"] == [2, 9, 17] and sidecar["onnx"]["file"] == f"model.vwt{'.int8' if precision == 'int8' else ''}.trunk.onnx"
+    from vwt_export.plugins import trt_plugin_library
+
+    try:
+        trt_plugin_library()
+        plugin_built = True
+    except vx.VWTError:
+        plugin_built = False
+    assert summary["engines"]["vwt"]["from"] == ("model.vwt.onnx" if plugin_built else "model.vwt.portable.onnx")
     assert "TensorRT: " not in err  # no spurious TensorRT errors when building ahead of time
 
 

@@ -68,8 +68,8 @@ class Variant:
         precision = "" if self.precision == "fp32" else f".{self.precision}"
         return f"{self._stem}{precision}.{stage}.onnx"
 
-    def engine_file(self) -> str:
-        return f"{self._stem}.{self.precision}.engine"
+    def engine_file(self, stage: str = "") -> str:
+        return f"{self._stem}{'.' + stage if stage else ''}.{self.precision}.engine"
 
     def label(self, backend: str) -> str:
         """The row name of this variant run on `backend` (ort or trt)."""

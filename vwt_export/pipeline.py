@@ -89,12 +89,13 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
         graphs += quantize(cfg, model, graphs, inputs, not_measured)
         graphs += split_stages(cfg, graphs, verification_pixels(model, inputs.check_files or inputs.calib_files),
                                verification)
-        engines = build_engines(cfg, graphs, not_measured)
+        engines, trunk_engines = build_engines(cfg, graphs, model.num_prefix_tokens + model.patch_embed.num_patches,
+                                               model.num_prefix_tokens, not_measured)
         written += [g.path for g in graphs]
-        if engines:
+        if engines or trunk_engines:
             from .backends.tensorrt import sidecar_path
 
-            written += [p for e in engines.values() for p in (e, sidecar_path(e))]
+            written += [p for e in [*engines.values(), *trunk_engines] for p in (e, sidecar_path(e))]
     else:
         not_measured.append({"what": "ONNX graphs, INT8 variants, engines", "why": "skipped (--skip-export)"})
     torch_check = check_torch(cfg, model, cmodel, inputs) if cfg.checks.enabled else None
@@ -321,11 +322,14 @@ def split_stages(cfg: ExportConfig, graphs: list[Graph], pixels: torch.Tensor, v
     return out
 
 
-def build_engines(cfg: ExportConfig, graphs: list[Graph], not_measured: list) -> dict[Variant, Path]:
+def build_engines(cfg: ExportConfig, graphs: list[Graph], tokens_in: int, num_prefix: int,
+                  not_measured: list) -> tuple[dict[Variant, Path], list[Path]]:
     """--backend trt: a TensorRT engine (+ JSON sidecar) per variant, strongly typed from the graph of its
-    precision; compressed variants from the plugin graphs when the plugin library exists, else the portable ones."""
+    precision; VWT variants from the plugin graphs when the plugin library exists, else the portable ones. Also
+    the trunk stages' engines, with an optimisation profile over the token count (P+1 to P+N), for length-aware
+    batching. Returns ({variant: engine}, [trunk engines])."""
     if cfg.engines.backend != "trt":
-        return {}
+        return {}, []
     from .backends import tensorrt as vtrt
     from .plugins import trt_plugin_library
 
@@ -336,22 +340,29 @@ def build_engines(cfg: ExportConfig, graphs: list[Graph], not_measured: list) ->
         plugin = None
         not_measured.append({"what": "TensorRT plugin path", "why": "libvwt_trt_plugin.so is not built (no TensorRT "
                              "headers at build time); the VWT engines are built from the portable graphs"})
-    engines = {}
-    for variant in artefacts.in_order({g.variant for g in graphs}):
-        source = artefacts.find(graphs, variant, portable=variant.compressed and plugin is None)
-        engine = cfg.out / variant.engine_file()
+    engines, trunks = {}, []
+    plan = [(v, "", artefacts.find(graphs, v, portable=v.method in artefacts.CUSTOM_OP_METHODS and plugin is None))
+            for v in artefacts.in_order({g.variant for g in graphs})]
+    plan += [(g.variant, "trunk", g) for g in graphs if g.stage == "trunk"]
+    for variant, stage, source in plan:
+        engine = cfg.out / variant.engine_file(stage)
         log.info("building TensorRT engine %s (%s %s, from %s)", engine.name, flavour, trt.__version__, source.path.name)
         settings = vtrt.BuildSettings(precision=variant.precision, batches=list(cfg.checks.batches),
                                       compute_capability=cfg.engines.trt_target,
-                                      timing_cache=str(cfg.out / "timing.cache"))
+                                      timing_cache=str(cfg.out / "timing.cache"),
+                                      tokens=(num_prefix + 1, (tokens_in + num_prefix + 1) // 2, tokens_in)
+                                      if stage else None)
         try:
             vtrt.build_engine(source.path, engine, settings)
         except VWTError as e:
-            not_measured.append({"what": f"TensorRT {variant.name} engine", "why": str(e)})
+            not_measured.append({"what": f"TensorRT {engine.name}", "why": str(e)})
             log.warning("%s", e)
             continue
-        engines[variant] = engine
-    return engines
+        if stage:
+            trunks.append(engine)
+        else:
+            engines[variant] = engine
+    return engines, trunks
 
 
 def check_torch(cfg: ExportConfig, model, cmodel, inputs: Inputs) -> dict:
@@ -611,7 +622,8 @@ def write_summary(cfg: ExportConfig, model, cmodel, vocab, result: ExportResult)
         "versions": {"vwt_export": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
         "onnx": result.verification, "near_ties": result.near_ties,
-        "engines": {v.name: p.name for v, p in result.engines.items()},
+        "engines": {v.name: {"file": p.name, "from": json.loads(Path(f"{p}.json").read_text())["onnx"]["file"]}
+                    for v, p in result.engines.items()},
         "not_measured": result.not_measured,
     }
     if result.torch_check is not None:

@@ -74,6 +74,7 @@ class BuildSettings:
     compute_capability: str | None = None  # TensorRT-RTX ahead-of-time target, e.g. "SM89"; None = this GPU
     plugin_library: str | None = None
     timing_cache: str | None = None
+    tokens: tuple[int, int, int] | None = None  # (min, opt, max) of a token-sequence input's length (a trunk graph)
 
     def profile(self) -> tuple[int, int, int]:
         b = sorted(self.batches)
@@ -210,6 +211,10 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
     for i in range(network.num_inputs):
         t = network.get_input(i)
         rest = tuple(t.shape)[1:]
+        if rest and rest[0] < 0 and settings.tokens and all(d >= 0 for d in rest[1:]):  # [B, T, ...] over T
+            (t_lo, t_opt, t_hi), tail = settings.tokens, rest[1:]
+            profile.set_shape(t.name, (lo, t_lo, *tail), (opt, t_opt, *tail), (hi, t_hi, *tail))
+            continue
         if any(d < 0 for d in rest):
             raise VWTError(f"{onnx_path}: input {t.name} has dynamic dimensions other than the batch {tuple(t.shape)}; "
                            "only the batch may vary (export with fixed image size)")

@@ -61,7 +61,8 @@ def test_intra_run(tmp_path, images, capsys):
     code, stdout, err = run_cli(TINY + ["--weights", "random", "--mode", "intra", "--keep", "8", "--val", str(images),
                                         "--out", str(tmp_path), "--quiet"], capsys)
     assert code == 0, err
-    assert "verified model.vwt.portable.onnx" in err
+    assert "verified model.vwt.onnx" in err
+    assert not (tmp_path / "model.vwt.portable.onnx").exists()  # intra graphs are standard ops: no portable twin
     assert "tokens per image: mean 9.0 of 17" in stdout
 
 
@@ -174,3 +175,12 @@ def test_a_vocabulary_with_duplicate_words_completes_and_reports_near_ties(tmp_p
         assert check["verified"] and check["near_ties"] > 0 and check["matches_differ"] <= check["near_ties"]
     assert "near-ties:" in stdout
     assert "near-tie patches" in (out / "report.md").read_text()
+
+
+def test_demo_with_a_vocabulary_checks_on_the_demo_scenes(tmp_path, images, capsys):
+    Vocabulary(torch.randn(8, 3 * 16 * 16), patch_size=16).save(tmp_path / "v.safetensors")
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(TINY + ["--demo", "--vocab", str(tmp_path / "v.safetensors"), "--skip-int8", "--reps",
+                                        "1", "--batch", "1", "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    assert "synthetic images" in err and json.loads((out / "summary.json").read_text())["torch_check"]["images"] == 32

@@ -196,3 +196,10 @@ def test_inter_runs_write_the_two_stages_and_time_batches_length_aware(tmp_path)
     one = vx.runtime.load(result.graph("vwt"))
     per_image = np.concatenate([one(x[i : i + 1]) for i in range(len(x))])
     np.testing.assert_allclose(staged, per_image, rtol=1e-4, atol=1e-5)
+
+
+def test_a_local_grouping_run_can_sweep_intra_settings(tmp_path):
+    images = write_demo_images(tmp_path / "imgs", count=4, size=64)
+    result = vx.export("vit_tiny_patch16_224", calib=images, vocab_size=16, grouping="local", sweep=["keep=0.5"],
+                       batches=[1], reps=1, skip_int8=True, out=tmp_path / "out", **TINY)
+    assert {r["label"] for r in result.report["sweep"]["ranked"]} == {"fp32", "intra keep=0.5"}

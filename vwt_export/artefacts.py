@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16", "int8")
-CUSTOM_OP_METHODS = ("vwt",)  # methods whose graphs hold vwt custom ops, and so have a portable twin
-BACKENDS = {"ort": "onnxruntime-cpu", "trt": "tensorrt"}
+CUSTOM_OP_METHODS = ("vwt",)  # methods whose graphs may hold vwt custom ops (inter does), and then a portable twin
 
 
 @dataclass(frozen=True, order=True)
@@ -58,10 +57,6 @@ class Variant:
         """The graph's file name; `portable`: the form whose vwt ops carry standard-op bodies."""
         precision = "" if self.precision == "fp32" else f".{self.precision}"
         return f"{self._stem}{precision}{'.portable' if portable and self.method in CUSTOM_OP_METHODS else ''}.onnx"
-
-    def onnx_forms(self) -> tuple[bool, ...]:
-        """The forms written: the custom-op graph, and for compressed variants the portable one too."""
-        return (False, True) if self.method in CUSTOM_OP_METHODS else (False,)
 
     def stage_file(self, stage: str) -> str:
         """The tokenize or trunk stage of the custom-op graph (length-aware batching)."""

@@ -137,10 +137,14 @@ def command(argv: list[str], model: str, demo: bool, quiet: bool, debug: bool, m
             from .demo import write_demo_images
 
             weights = weights or "random"
-            if calib is None and not (options["mode"] == "inter" and options["vocab"]):
+            if calib is None and options["val"] is None:  # with a --vocab, the scenes are for the checks only
                 out = options["out"] or Path("vwt-out") / f"{model}-{options['mode']}"
-                calib = write_demo_images(out / "demo-images")
-                click.echo(f"demo: {len(list(calib.glob('*.png')))} synthetic images in {calib}", err=True)
+                scenes = write_demo_images(out / "demo-images")
+                click.echo(f"demo: {len(list(scenes.glob('*.png')))} synthetic images in {scenes}", err=True)
+                if options["mode"] == "inter" and options["vocab"]:
+                    options["val"] = scenes
+                else:
+                    calib = scenes
         result = export(model, weights=weights or "pretrained", calib=calib, model_args=_parse_model_args(model_args),
                         progress=not quiet, command=shlex.join(["vwt-export", *argv]), **options)
     except VWTError as e:

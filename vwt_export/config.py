@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from .errors import VWTError
@@ -73,7 +74,7 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise VWTError("give a model: an alias such as deit_s or a timm ViT name")
-        object.__setattr__(self, "args", dict(self.args))
+        object.__setattr__(self, "args", MappingProxyType(dict(self.args)))  # read-only, as the config is frozen
         for key in self.args:
             if not str(key).isidentifier():
                 raise VWTError(f"model argument {key!r}: expected KEY=VALUE, e.g. img_size=384")
@@ -142,7 +143,8 @@ class Checks:
 
         object.__setattr__(self, "batches", parse_batches(self.batches))
         _positive("reps", self.reps)
-        object.__setattr__(self, "sweep", parse(self.sweep) if self.sweep else {})
+        sweep = dict(self.sweep) if isinstance(self.sweep, Mapping) else self.sweep
+        object.__setattr__(self, "sweep", MappingProxyType(parse(sweep) if sweep else {}))
 
 
 @dataclass(frozen=True)
@@ -232,8 +234,9 @@ class ExportConfig:
         )
 
     def replace(self, **groups: Any) -> "ExportConfig":
-        """A copy with whole groups or fields replaced (the original stays as it is)."""
-        return dataclasses.replace(self, **groups)
+        """A copy with whole groups or fields replaced (the original stays as it is); its command is the Python
+        call that makes the copy unless one is given."""
+        return dataclasses.replace(self, **{"command": None, **groups})
 
 
 def _plain(value: Any) -> Any:

@@ -7,3 +7,7 @@ Every failure caused by the user's input (a model name, a file, a folder, an opt
 
 class VWTError(Exception):
     """A problem with the user's input, explained in one line."""
+
+
+class OpLibraryMissing(VWTError):
+    """The vwt ONNX Runtime op library is not built: graphs with vwt custom ops cannot run (their portable twins can)."""

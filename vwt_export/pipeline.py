@@ -106,7 +106,7 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
         if cfg.checks.sweep:
             sweep, sweep_graphs = run_sweep(cfg, model, vocab, graphs, inputs, verification)
             written += sweep_graphs
-        polygraphy = polygraphy_files(cfg, model, cmodel, inputs)
+        polygraphy = polygraphy_files(cfg, model, cmodel, inputs, graphs)
         written += [cfg.out / p for p in ("polygraphy/inputs.json", *polygraphy["outputs"])]
         report, files = write_report(cfg, model, cmodel, vocab, inputs, variants, verification, polygraphy,
                                      not_measured, sweep)
@@ -134,6 +134,8 @@ def check_inputs(cfg: ExportConfig) -> Inputs:
     calib = readable_images(d.calib, d.max_images) if d.calib else []
     check = readable_images(d.val, d.max_images) if d.val else (calib if cfg.checks.enabled else [])
     vocab = None
+    if c.vocab is not None and not cfg.needs_vocabulary:
+        log.warning("--vocab %s is not used: mode %s matches no words", c.vocab, c.mode)
     if cfg.needs_vocabulary and c.vocab is not None:
         vocab = Vocabulary.load(c.vocab, space=c.space)
         if c.space and vocab.space != c.space:
@@ -191,6 +193,7 @@ def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tu
     its precision before the next stage uses it."""
     from .check.verify import verify_graph
     from .graph.export import cast_model, export_model, save_model
+    from .backends.onnxruntime import needs_op_library
     from .graph.surgery import apply_vwt, make_portable
     from .vwt.intra import resolve_keep
 
@@ -209,7 +212,9 @@ def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tu
             vwt = apply_vwt(base, c.mode, vocab=vocab.words.numpy() if vocab is not None else None,
                             threshold=c.threshold, keep=resolve_keep(c.keep, ctyped.num_patches), space=ctyped.space,
                             prop_attn=c.prop_attn, pooling=typed.global_pool, grouping=c.grouping)
-            protos += [(variant, False, vwt, ctyped), (variant, True, make_portable(vwt), ctyped)]
+            protos.append((variant, False, vwt, ctyped))
+            if needs_op_library(vwt):  # intra graphs are standard ops already: no portable twin
+                protos.append((variant, True, make_portable(vwt), ctyped))
         elif cfg.method == "tome" and precision != "fp32":
             log.warning("ToMe is exported in FP32 only (its float16 graph is untested); no %s ToMe graph", precision)
         elif cfg.method == "tome":
@@ -226,10 +231,12 @@ def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tu
 
 def _verify(verify_graph, path: Path, reference, pixels, precision: str) -> dict:
     """FP32 graphs must verify (a miss is an error); FP16 misses and a missing op library are warnings."""
+    from .errors import OpLibraryMissing
+
     try:
         v = verify_graph(path, reference, pixels, precision)
     except VWTError as e:
-        if precision == "fp32" and "op library" not in str(e):
+        if precision == "fp32" and not isinstance(e, OpLibraryMissing):
             raise
         log.warning("%s written but not verified: %s", path.name, e)
         return {"file": path.name, "verified": False, "reason": str(e)}
@@ -268,6 +275,7 @@ def quantize(cfg: ExportConfig, model, graphs: list[Graph], inputs: Inputs, not_
     """INT8 twins (explicit Q/DQ) of the FP32 graphs, calibrated on the calibration images."""
     import onnx
 
+    from .graph import ops
     from .graph.export import save_model
     from .graph.quantize import quantize_int8
 
@@ -287,10 +295,12 @@ def quantize(cfg: ExportConfig, model, graphs: list[Graph], inputs: Inputs, not_
         log.info("quantizing %s to INT8 (Q/DQ, calibrated on %d images)", g.path.name, len(pixels))
         q = quantize_int8(onnx.load(str(g.path)), batches, portable=True, quantize_attention=cfg.engines.int8_attention,
                           calibration=cfg.engines.int8_calibration)
-        for portable in reversed(variant.onnx_forms()):  # the portable form first: it keeps the function bodies
-            if not portable:
-                del q.functions[:]
-            out.append(Graph(variant, portable, save_model(q, cfg.out / variant.onnx_file(portable))))
+        if artefacts.find(graphs, g.variant, portable=True):  # the portable form first: it keeps the vwt bodies
+            out.append(Graph(variant, True, save_model(q, cfg.out / variant.onnx_file(portable=True))))
+            kept = [f for f in q.functions if f.domain != ops.DOMAIN]
+            del q.functions[:]
+            q.functions.extend(kept)
+        out.append(Graph(variant, False, save_model(q, cfg.out / variant.onnx_file())))
     return out
 
 
@@ -312,11 +322,15 @@ def split_stages(cfg: ExportConfig, graphs: list[Graph], pixels: torch.Tensor, v
         tokenize, trunk = (Graph(g.variant, False, save_model(proto, cfg.out / g.variant.stage_file(stage)), stage)
                            for stage, proto in zip(("tokenize", "trunk"), split(onnx.load(str(g.path)))))
         out += [tokenize, trunk]
+        # the same ops on the same values, but the trunk may see shorter sequences: float sums round differently
+        # (by an ulp), and in an INT8 graph such an ulp can move a value across a quantisation step
+        rtol = 1e-5 if g.variant.precision == "fp32" else 1e-2
         err = relative_error(load(g.path)(x), load(tokenize.path)(x), tokenize.path.name)
-        verification[tokenize.path.name] = {"file": tokenize.path.name, "verified": err <= 1e-5, "max_rel_err": err,
+        verification[tokenize.path.name] = {"file": tokenize.path.name, "verified": err <= rtol, "max_rel_err": err,
                                             "against": g.path.name}
-        if err > 1e-5:
-            raise VWTError(f"{tokenize.path.name} + {trunk.path.name} differ from {g.path.name} by {err:.1e}")
+        if err > rtol:
+            raise VWTError(f"{tokenize.path.name} + {trunk.path.name} differ from {g.path.name} by {err:.1e} "
+                           f"(relative), over the {rtol:.0e} tolerance")
         log.info("split %s into %s + %s for length-aware batching: together they equal it (max relative error "
                  "%.1e)", g.path.name, tokenize.path.name, trunk.path.name, err)
     return out
@@ -338,16 +352,20 @@ def build_engines(cfg: ExportConfig, graphs: list[Graph], tokens_in: int, num_pr
         plugin = trt_plugin_library()
     except VWTError:
         plugin = None
+    if plugin is None and cfg.compression.mode == "inter":
         not_measured.append({"what": "TensorRT plugin path", "why": "libvwt_trt_plugin.so is not built (no TensorRT "
                              "headers at build time); the VWT engines are built from the portable graphs"})
     engines, trunks = {}, []
-    plan = [(v, "", artefacts.find(graphs, v, portable=v.method in artefacts.CUSTOM_OP_METHODS and plugin is None))
+    # custom-op graphs need the plugin; without it their portable twins (where a graph has one) go to TensorRT
+    plan = [(v, "", artefacts.find(graphs, v, portable=plugin is None and artefacts.find(graphs, v, True) is not None))
             for v in artefacts.in_order({g.variant for g in graphs})]
     plan += [(g.variant, "trunk", g) for g in graphs if g.stage == "trunk"]
     for variant, stage, source in plan:
         engine = cfg.out / variant.engine_file(stage)
         log.info("building TensorRT engine %s (%s %s, from %s)", engine.name, flavour, trt.__version__, source.path.name)
-        settings = vtrt.BuildSettings(precision=variant.precision, batches=list(cfg.checks.batches),
+        # the profile covers the timed batches and the evaluation pass's batch size
+        settings = vtrt.BuildSettings(precision=variant.precision,
+                                      batches=sorted({*cfg.checks.batches, cfg.data.batch_size}),
                                       compute_capability=cfg.engines.trt_target,
                                       timing_cache=str(cfg.out / "timing.cache"),
                                       tokens=(num_prefix + 1, (tokens_in + num_prefix + 1) // 2, tokens_in)
@@ -495,7 +513,7 @@ def run_sweep(cfg: ExportConfig, model, vocab, graphs: list[Graph], inputs: Inpu
             proto = export_tome(reference)
         else:
             mode = "inter" if setting.method == "vwt" else "intra"
-            setting_cfg = dataclasses.replace(c, mode=mode, **params)
+            setting_cfg = dataclasses.replace(c, mode=mode, **{"grouping": "global", **params})
             reference = compress(cfg.replace(compression=setting_cfg), model, vocab)
             from .graph.surgery import apply_vwt
             from .vwt.intra import resolve_keep
@@ -532,7 +550,7 @@ def run_sweep(cfg: ExportConfig, model, vocab, graphs: list[Graph], inputs: Inpu
     return result, files + [cfg.out / result["plot"]]
 
 
-def polygraphy_files(cfg: ExportConfig, model, cmodel, inputs: Inputs) -> dict:
+def polygraphy_files(cfg: ExportConfig, model, cmodel, inputs: Inputs, graphs: list[Graph]) -> dict:
     """Check inputs and torch FP32 reference outputs in Polygraphy's JSON format, and the commands to use them."""
     from polygraphy.comparator import RunResults
     from polygraphy.comparator.struct import IterationResult
@@ -561,9 +579,9 @@ def polygraphy_files(cfg: ExportConfig, model, cmodel, inputs: Inputs) -> dict:
                 results.save(str(tmp))
             outputs[name] = f"torch fp32 {variant.name}"
             # a graph whose matches sit on near-ties may differ from torch there: the run's verification counts them
-            commands += [f"polygraphy run {cfg.out / variant.onnx_file(portable)} --onnxrt --load-inputs "
-                         f"{folder / 'inputs.json'} --load-outputs {cfg.out / name} --atol 1e-4 --rtol 1e-3"
-                         for portable in variant.onnx_forms()]
+            commands += [f"polygraphy run {g.path} --onnxrt --load-inputs {folder / 'inputs.json'} --load-outputs "
+                         f"{cfg.out / name} --atol 1e-4 --rtol 1e-3"
+                         for g in graphs if g.variant == variant and not g.stage]
     return {"inputs": "polygraphy/inputs.json", "outputs": outputs, "commands": commands}
 
 

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import VWTError
+from .errors import OpLibraryMissing, VWTError
 
 LIBRARY_VERSION = "0.2.0"  # must equal VWT_LIBRARY_VERSION in plugins/common/vwt_version.h
 _HERE = Path(__file__).parent
@@ -58,7 +58,7 @@ def _find(lib: _Library, env: str | None) -> Path:  # cached per environment val
             check_library_version(path)
             return path.resolve()
     where = ", ".join(str(p) for p in candidates)
-    raise VWTError(f"the {lib.what} was not found (looked at {where}); {lib.fix}")
+    raise OpLibraryMissing(f"the {lib.what} was not found (looked at {where}); {lib.fix}")
 
 
 def ort_library() -> Path:

@@ -74,7 +74,8 @@ def register_op_library(so, proto: onnx.ModelProto, library: str | os.PathLike |
         try:
             so.register_custom_ops_library(str(lib))
         except Exception as e:
-            raise VWTError(f"{lib}: onnxruntime {ort.__version__} refused the vwt op library: {e}") from None
+            first = (str(e).splitlines() or [""])[0][:200]
+            raise VWTError(f"{lib}: onnxruntime {ort.__version__} refused the vwt op library: {first}") from None
     return so
 
 
@@ -106,7 +107,8 @@ def create_session(model: str | os.PathLike | onnx.ModelProto, providers: Sequen
     try:
         return ort.InferenceSession(source, so, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as e:
-        raise VWTError(f"{name}: onnxruntime cannot load it ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise VWTError(f"{name}: onnxruntime cannot load it ({type(e).__name__}: {first})") from None
 
 
 def runner(model: str | os.PathLike | onnx.ModelProto, providers: Sequence[str] | None = None,
@@ -132,7 +134,11 @@ def kernel_times(session, by: str = "op") -> list[dict[str, float]]:
     """Ends a profiling session's profile. Per run, in run order: milliseconds of kernel time by op type
     (`by="op"`) or node name (`by="node"`), without session overhead (a portable form's time is that of the
     standard-op nodes its function body became)."""
-    events = json.loads(Path(session.end_profiling()).read_text())
+    profile = Path(session.end_profiling())
+    events = json.loads(profile.read_text())
+    profile.unlink()
+    if profile.parent.name.startswith("vwt-profile-"):
+        profile.parent.rmdir()
     starts = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
     per_run: list[dict[str, float]] = [{} for _ in starts]
     for e in events:

@@ -330,10 +330,18 @@ def load_engine(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
 
-    def run(pixels: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)).cuda()
-        context.set_input_shape(inputs[0], tuple(x.shape))
-        context.set_tensor_address(inputs[0], x.data_ptr())
+    def run(*arrays: np.ndarray) -> np.ndarray:
+        """f(pixels) -> logits; a trunk engine: f(tokens, sizes) -> logits (runtime.length_aware's trunk)."""
+        if len(arrays) != len(inputs):
+            raise VWTError(f"{path}: the engine takes {len(inputs)} inputs ({', '.join(inputs)}), got {len(arrays)}")
+        keep = []
+        for name, array in zip(inputs, arrays):
+            x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).cuda()
+            if not context.set_input_shape(name, tuple(x.shape)):
+                raise VWTError(f"{path}: input {name} of shape {tuple(x.shape)} is outside the engine's optimisation "
+                               "profile (rebuild it with the batch sizes you run: --batch)")
+            context.set_tensor_address(name, x.data_ptr())
+            keep.append(x)
         out = {}
         for n in outputs:
             out[n] = torch.empty(tuple(context.get_tensor_shape(n)), dtype=torch.float32, device="cuda")

@@ -28,6 +28,9 @@ from ..graph import ops
 
 # Each graph against the torch model of its own precision. Float16 results differ with the order of summation.
 RTOL = {"fp32": 1e-4, "fp16": 1e-2}
+# FP16 graphs compute embed-space features in float16, so some matches differ from torch's away from near-ties;
+# more than this share of the patches means the matching is wrong, not rounded.
+FP16_MATCHES_DIFFER = 0.01
 
 
 @dataclass
@@ -65,6 +68,15 @@ def verify_graph(path: Path, reference, pixels: torch.Tensor, precision: str = "
     from ..backends.onnxruntime import load_proto, runner
 
     rtol, name = RTOL[precision], path.name
+    if hasattr(reference, "decision_margins"):  # ToMe: images whose merge decisions sit on a near-tie are counted
+        from ..graph.tome_export import check_against_torch
+
+        try:
+            r = check_against_torch(load_proto(path), reference, pixels, rtol=rtol)
+        except VWTError as e:
+            raise VWTError(f"{name}: {e}") from None
+        return Verification(name, True, r["max_rel_err"], patches=0, near_ties=r["near_ties"],
+                            images_with_near_ties=r["near_ties"])
     keyed = getattr(reference, "mode", None) == "inter" and any(
         ops.KEYS_TENSOR in n.output for n in load_proto(path).graph.node)
     if not keyed:
@@ -83,7 +95,7 @@ def verify_graph(path: Path, reference, pixels: torch.Tensor, precision: str = "
         expected = reference(pixels, keys=torch.from_numpy(keys).to(pixels.device)).float().cpu().numpy()
     differ = keys != ours
     unexplained = differ & ~ties
-    if unexplained.any() and precision == "fp32":
+    if unexplained.any() and (precision == "fp32" or unexplained.mean() > FP16_MATCHES_DIFFER):
         b, n = map(int, np.argwhere(unexplained)[0])
         raise VWTError(f"{name}: {int(unexplained.sum())} patch matches differ from torch away from any near-tie "
                        f"(first: image {b}, patch {n}: graph key {int(keys[b, n])}, torch key {int(ours[b, n])})")

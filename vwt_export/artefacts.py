@@ -59,9 +59,11 @@ class Variant:
         return f"{self._stem}{precision}{'.portable' if portable and self.method in CUSTOM_OP_METHODS else ''}.onnx"
 
     def stage_file(self, stage: str) -> str:
-        """The tokenize or trunk stage of the custom-op graph (length-aware batching)."""
-        precision = "" if self.precision == "fp32" else f".{self.precision}"
-        return f"{self._stem}{precision}.{stage}.onnx"
+        """The tokenize or trunk stage of the custom-op graph (length-aware batching; the naming rule is the
+        stages module's, which the runtime also follows)."""
+        from .graph.stages import stage_files
+
+        return dict(zip(("tokenize", "trunk"), stage_files(self.onnx_file())))[stage]
 
     def engine_file(self, stage: str = "") -> str:
         return f"{self._stem}{'.' + stage if stage else ''}.{self.precision}.engine"

@@ -280,3 +280,8 @@ def embed_tokens(model: torch.nn.Module, patches: torch.Tensor) -> torch.Tensor:
 def is_headless(model: torch.nn.Module) -> bool:
     """A model without a classifier head (num_classes=0, e.g. a DINOv2 backbone) outputs features."""
     return getattr(model, "num_classes", 1) == 0
+
+
+def sequence_length(model: torch.nn.Module) -> int:
+    """P + N: the tokens the first block sees without compression."""
+    return model.num_prefix_tokens + model.patch_embed.num_patches

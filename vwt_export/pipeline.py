@@ -29,6 +29,7 @@ from . import artefacts
 from .artefacts import Graph, Variant
 from .config import ExportConfig
 from .errors import VWTError
+from .models import sequence_length
 
 log = logging.getLogger("vwt_export")
 
@@ -40,6 +41,7 @@ class Inputs:
     calib_files: list[Path]
     check_files: list[Path]
     vocab: Any  # Vocabulary | None
+    labels: np.ndarray | None  # class index per check image, when the check folder carries labels
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,8 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
         graphs += quantize(cfg, model, graphs, inputs, not_measured)
         graphs += split_stages(cfg, graphs, verification_pixels(model, inputs.check_files or inputs.calib_files),
                                verification)
-        engines, trunk_engines = build_engines(cfg, graphs, model.num_prefix_tokens + model.patch_embed.num_patches,
-                                               model.num_prefix_tokens, not_measured)
+        engines, trunk_engines = build_engines(cfg, graphs, sequence_length(model), model.num_prefix_tokens,
+                                               not_measured)
         written += [g.path for g in graphs]
         if engines or trunk_engines:
             from .backends.tensorrt import sidecar_path
@@ -127,6 +129,7 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
 
 def check_inputs(cfg: ExportConfig) -> Inputs:
     """Every input file and folder, before any slow work, so that mistakes fail in a second."""
+    from .check.accuracy import read_labels
     from .data import readable_images
     from .vwt import Vocabulary
 
@@ -146,7 +149,8 @@ def check_inputs(cfg: ExportConfig) -> Inputs:
         import_tensorrt()  # no TensorRT, no point exporting for it
     if cfg.out.exists() and not cfg.out.is_dir():
         raise VWTError(f"{cfg.out}: exists and is not a folder; pass another --out")
-    return Inputs(calib, check, vocab)
+    labels = read_labels(d.check_folder, check) if check else None
+    return Inputs(calib, check, vocab, labels)
 
 
 def load(cfg: ExportConfig):
@@ -194,8 +198,7 @@ def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tu
     from .check.verify import verify_graph
     from .graph.export import cast_model, export_model, save_model
     from .backends.onnxruntime import needs_op_library
-    from .graph.surgery import apply_vwt, make_portable
-    from .vwt.intra import resolve_keep
+    from .graph.surgery import make_portable
 
     c = cfg.compression
     pixels = verification_pixels(model, inputs.check_files or inputs.calib_files).to(cfg.device)
@@ -209,9 +212,7 @@ def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tu
         protos = [(Variant("", precision), False, base, _float32_in(typed))]
         variant = Variant(cfg.method, precision)
         if cfg.method == "vwt":
-            vwt = apply_vwt(base, c.mode, vocab=vocab.words.numpy() if vocab is not None else None,
-                            threshold=c.threshold, keep=resolve_keep(c.keep, ctyped.num_patches), space=ctyped.space,
-                            prop_attn=c.prop_attn, pooling=typed.global_pool, grouping=c.grouping)
+            vwt = vwt_graph(base, c, ctyped, vocab, typed.global_pool)
             protos.append((variant, False, vwt, ctyped))
             if needs_op_library(vwt):  # intra graphs are standard ops already: no portable twin
                 protos.append((variant, True, make_portable(vwt), ctyped))
@@ -227,6 +228,16 @@ def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tu
             graphs.append(Graph(variant, portable, path))
             verification[path.name] = _verify(verify_graph, path, reference, pixels, precision)
     return graphs, verification
+
+
+def vwt_graph(base, c, reference, vocab, pooling: str):
+    """The baseline graph with VWT compression `c` (a Compression) inserted, as `reference` (its torch model) does."""
+    from .graph.surgery import apply_vwt
+    from .vwt.intra import resolve_keep
+
+    return apply_vwt(base, c.mode, vocab=vocab.words.numpy() if vocab is not None else None, threshold=c.threshold,
+                     keep=resolve_keep(c.keep, reference.num_patches), space=reference.space, prop_attn=c.prop_attn,
+                     pooling=pooling, grouping=c.grouping)
 
 
 def _verify(verify_graph, path: Path, reference, pixels, precision: str) -> dict:
@@ -403,7 +414,6 @@ def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[
     from tqdm.auto import tqdm
 
     from .check import energy, latency
-    from .check.accuracy import read_labels
     from .check.variants import Candidate, evaluate, load_runner, merge_share, outputs, token_stats
     from .models import is_headless, transform
 
@@ -422,7 +432,7 @@ def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[
         except VWTError as e:
             not_measured.append({"what": "TensorRT engines (accuracy, latency)", "why": f"not run: {e}"})
     runners = {c.label: load_runner(c) for c in candidates}
-    labels = read_labels(cfg.data.check_folder, inputs.check_files)
+    labels = inputs.labels
     headless = is_headless(model)
     with tqdm(total=len(inputs.check_files), desc="evaluating variants", unit="img", disable=not cfg.progress) as bar:
         logits, tokens = outputs(candidates, runners, inputs.check_files, transform(model), cfg.data.batch_size,
@@ -443,7 +453,7 @@ def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[
                 one(x) if len(x) == 1 else staged(x))
     with tqdm(total=3 + cfg.checks.reps, desc="timing (interleaved)", unit="rep", disable=not cfg.progress) as bar:
         timing = latency.measure(timed, feeds, warmup=3, reps=cfg.checks.reps, progress=bar.update)
-    tokens_in = model.num_prefix_tokens + model.patch_embed.num_patches
+    tokens_in = sequence_length(model)
     out = {}
     for c in candidates:
         if c.variant.compressed:
@@ -488,7 +498,7 @@ def run_sweep(cfg: ExportConfig, model, vocab, graphs: list[Graph], inputs: Inpu
     import onnx
 
     from .check import latency, sweep as sw
-    from .check.accuracy import accuracy, fidelity, read_labels
+    from .check.accuracy import accuracy, fidelity
     from .check.variants import Candidate, load_runner, outputs
     from .check.verify import verify_graph
     from .graph.export import save_model
@@ -507,21 +517,15 @@ def run_sweep(cfg: ExportConfig, model, vocab, graphs: list[Graph], inputs: Inpu
         log.info("sweep: exporting %s", setting.label)
         if setting.method == "tome":
             from .graph.tome_export import export_tome
-            from .tome import compress_tome
 
-            reference = compress_tome(model, params["r"], prop_attn=True)
-            proto = export_tome(reference)
+            reference = compress(cfg.replace(compression=dataclasses.replace(c, mode="tome", r=params["r"])), model,
+                                 vocab)
+            proto = export_tome(reference, check=False)  # verified below, near-ties counted
         else:
             mode = "inter" if setting.method == "vwt" else "intra"
             setting_cfg = dataclasses.replace(c, mode=mode, **{"grouping": "global", **params})
             reference = compress(cfg.replace(compression=setting_cfg), model, vocab)
-            from .graph.surgery import apply_vwt
-            from .vwt.intra import resolve_keep
-
-            proto = apply_vwt(base, mode, vocab=vocab.words.numpy() if vocab is not None else None,
-                              threshold=setting_cfg.threshold, keep=resolve_keep(setting_cfg.keep, reference.num_patches),
-                              space=reference.space, prop_attn=c.prop_attn, pooling=model.global_pool,
-                              grouping=setting_cfg.grouping)
+            proto = vwt_graph(base, setting_cfg, reference, vocab, model.global_pool)
         path = save_model(proto, cfg.out / "sweep" / setting.file)
         files.append(path)
         verification[f"sweep/{path.name}"] = _verify(verify_graph, path, reference, pixels, "fp32")
@@ -529,12 +533,12 @@ def run_sweep(cfg: ExportConfig, model, vocab, graphs: list[Graph], inputs: Inpu
         methods[setting.label] = setting.method
     runners = {cd.label: load_runner(cd) for cd in candidates}
     logits, tokens = outputs(candidates, runners, inputs.check_files, transform(model), cfg.data.batch_size)
-    labels = read_labels(cfg.data.check_folder, inputs.check_files)
+    labels = inputs.labels
     use_accuracy = labels is not None and not is_headless(model)
     images = _pixels(model, inputs.check_files, 8)
     per_image = {name: (lambda _x, f=f: [f(images[i : i + 1]) for i in range(len(images))]) for name, f in runners.items()}
     timing = latency.measure(per_image, {1: images[:1]}, warmup=2, reps=cfg.checks.reps)
-    tokens_in = model.num_prefix_tokens + model.patch_embed.num_patches
+    tokens_in = sequence_length(model)
     rows = []
     for cd in candidates:
         quality = (accuracy(logits[cd.label], labels)["top1"] if use_accuracy
@@ -596,7 +600,6 @@ def write_report(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs, varian
 
     from . import __version__
     from .check import report as rep
-    from .check.accuracy import read_labels
     from .models import is_headless
 
     report = {
@@ -611,7 +614,7 @@ def write_report(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs, varian
                         "torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
                         "onnxruntime": onnxruntime.__version__, "vwt_export": __version__, "gpu": None},
         "images": {"folder": str(cfg.data.check_folder), "count": len(inputs.check_files),
-                   "labelled": read_labels(cfg.data.check_folder, inputs.check_files) is not None,
+                   "labelled": inputs.labels is not None,
                    "calib": str(cfg.data.calib) if cfg.data.calib else None, "calib_count": len(inputs.calib_files)},
         "variants": variants,
         "verification": verification,

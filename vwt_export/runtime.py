@@ -49,9 +49,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import VWTError
+from .graph.ops import TOKENIZE_SUFFIX, TRUNK_SUFFIX  # the stage files' naming rule
 
 CALL_OVERHEAD_TOKENS = 24.0  # default per-call overhead of the trunk, in image-tokens (see the module docstring)
-TOKENIZE_SUFFIX, TRUNK_SUFFIX = ".tokenize.onnx", ".trunk.onnx"
 
 # stage runners: tokenize(pixels) -> (tokens [B,T,D], sizes f32 [B,T], counts i64 [B]); trunk(tokens, sizes) -> logits
 Tokenize = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]

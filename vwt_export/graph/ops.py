@@ -42,6 +42,7 @@ KEYS_TENSOR = "vwt/keys"  # in every inter graph: the int64 [B, N] keys feeding 
 SIZES_TENSOR = "vwt/sizes"  # inter graphs: TokenMerge's f32 [B, T] sizes (0 for padding)
 SELECTED_TENSOR = "vwt/selected"  # intra graphs: the kept tokens [B, P+K, D]
 NODE_PREFIX = "vwt/"  # every node and tensor graph surgery adds is named vwt/...
+TOKENIZE_SUFFIX, TRUNK_SUFFIX = ".tokenize.onnx", ".trunk.onnx"  # the two stages: model.vwt.onnx -> model.vwt.tokenize.onnx
 OPS = (TOKEN_MERGE,)
 INT64_MAX = np.iinfo(np.int64).max
 

@@ -29,6 +29,7 @@ from . import ops
 TOKENS = "vwt/merged"  # the trunk's token input and the tokenize stage's token output
 SIZES = ops.SIZES_TENSOR  # "vwt/sizes"
 COUNTS = "vwt/counts"  # the tokenize stage's int64 [B] real-token counts
+TOKENIZE_SUFFIX, TRUNK_SUFFIX = ops.TOKENIZE_SUFFIX, ops.TRUNK_SUFFIX
 TOKENS_DIM = "vwt_tokens"  # the symbolic (dynamic) sequence length of both stages' token tensors
 
 
@@ -129,4 +130,4 @@ def stage_files(vwt_file: str) -> tuple[str, str]:
     if not vwt_file.endswith(".onnx"):
         raise VWTError(f"{vwt_file}: expected an .onnx file name")
     stem = vwt_file[: -len(".onnx")]
-    return f"{stem}.tokenize.onnx", f"{stem}.trunk.onnx"
+    return f"{stem}{TOKENIZE_SUFFIX}", f"{stem}{TRUNK_SUFFIX}"

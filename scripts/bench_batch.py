@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -44,10 +43,6 @@ from vwt_export import runtime  # noqa: E402
 from vwt_export.check.latency import rotated  # noqa: E402
 from vwt_export.data import iter_image_batches, list_images  # noqa: E402
 from vwt_export.demo import write_demo_images  # noqa: E402
-from vwt_export.graph.export import export_model, save_model  # noqa: E402
-from vwt_export.graph.quantize import quantize_int8  # noqa: E402
-from vwt_export.graph.stages import split_stages, stage_files  # noqa: E402
-from vwt_export.graph.surgery import apply_vwt  # noqa: E402
 from vwt_export.models import transform  # noqa: E402
 
 
@@ -55,23 +50,15 @@ def pixels_of(model, folder: Path) -> np.ndarray:
     return np.concatenate([b.numpy() for b, _ in iter_image_batches(list_images(folder), transform(model), 16)])
 
 
-def build(args, model, calib: np.ndarray, work: Path) -> dict[str, Path]:
-    """The graphs, written once into `work` (reused when already there)."""
+def build(args, work: Path) -> dict[str, Path]:
+    """The graphs, written once into `work` by vx.export (reused when already there): the vocabulary and the INT8
+    ranges come from the calibration scenes."""
     files = {k: work / k for k in ("model.onnx", "model.int8.onnx", "model.vwt.onnx", "model.vwt.int8.onnx")}
-    if all(p.exists() for p in files.values()):
-        return files
-    print("learning the vocabulary, exporting, quantizing ...", flush=True)
-    vocab = vx.learn_vocabulary(model, work / "calib", size=args.vocab_size, progress=False)
-    base = export_model(model)
-    vwt = apply_vwt(base, "inter", vocab=vocab.words.numpy(), threshold=args.threshold, pooling=model.global_pool)
-    batches = [calib[i : i + 8] for i in range(0, min(len(calib), 32), 8)]
-    protos = {"model.onnx": base, "model.vwt.onnx": vwt, "model.int8.onnx": quantize_int8(base, batches),
-              "model.vwt.int8.onnx": quantize_int8(vwt, batches)}
-    for name in ("model.vwt.onnx", "model.vwt.int8.onnx"):
-        for stage, path in zip(split_stages(protos[name]), stage_files(name)):
-            save_model(stage, work / path)
-    for name, proto in protos.items():
-        save_model(proto, files[name])
+    if not all(p.exists() for p in files.values()):
+        print("learning the vocabulary, exporting, quantizing (vx.export) ...", flush=True)
+        vx.export(args.model, weights="random", calib=work / "calib", vocab_size=args.vocab_size,
+                  threshold=args.threshold, skip_checks=True, out=work, progress=False,
+                  command=" ".join(["scripts/bench_batch.py", *sys.argv[1:]]))
     return files
 
 
@@ -118,7 +105,7 @@ def main() -> None:
     model = vx.load_model(args.model, weights="random")
     images = pixels_of(model, write_demo_images(work / "scenes", args.images, seed=0))
     calib = pixels_of(model, write_demo_images(work / "calib", args.calib, seed=1))
-    files = build(args, model, calib, work)
+    files = build(args, work)
 
     th, spin = args.threads, not args.no_spin
     tok, trunk = runtime.ort_stages(work / "model.vwt.tokenize.onnx", threads=th, spinning=spin)

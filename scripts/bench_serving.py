@@ -36,9 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import vwt_export as vx  # noqa: E402
 from vwt_export.data import iter_image_batches, list_images  # noqa: E402
 from vwt_export.demo import write_demo_images  # noqa: E402
-from vwt_export.graph.export import export_model, save_model  # noqa: E402
-from vwt_export.graph.stages import split_stages, stage_files  # noqa: E402
-from vwt_export.graph.surgery import apply_vwt  # noqa: E402
 from vwt_export.models import transform  # noqa: E402
 from vwt_export.serving import ServingSettings, write_repository  # noqa: E402
 from vwt_export.serving.server import TritonServer  # noqa: E402
@@ -50,22 +47,18 @@ def pixels_of(model, folder: Path) -> np.ndarray:
     return np.concatenate([b.numpy() for b, _ in iter_image_batches(list_images(folder), transform(model), 16)])
 
 
-def build(args, model, work: Path) -> None:
-    needed = ["model.onnx", "model.vwt.onnx", *stage_files("model.vwt.onnx")]
-    if all((work / n).exists() for n in needed):
+def build(args, work: Path) -> None:
+    """model.onnx, model.vwt.onnx and its two stages, written once into `work` by vx.export (reused when there)."""
+    if all((work / n).exists() for n in ("model.onnx", "model.vwt.onnx", "model.vwt.tokenize.onnx")):
         print(f"reusing the graphs in {work}", flush=True)
         return
-    print("learning the vocabulary and exporting ...", flush=True)
+    print("learning the vocabulary and exporting (vx.export) ...", flush=True)
     calib = work / "calib"
     if not calib.is_dir():
         write_demo_images(calib, args.calib, seed=1)
-    vocab = vx.learn_vocabulary(model, calib, size=args.vocab_size, progress=False)
-    base = export_model(model)
-    vwt = apply_vwt(base, "inter", vocab=vocab.words.numpy(), threshold=args.threshold, pooling=model.global_pool)
-    save_model(base, work / "model.onnx")
-    save_model(vwt, work / "model.vwt.onnx")
-    for stage, name in zip(split_stages(vwt), stage_files("model.vwt.onnx")):
-        save_model(stage, work / name)
+    vx.export(args.model, weights="random", calib=calib, vocab_size=args.vocab_size, threshold=args.threshold,
+              skip_checks=True, skip_int8=True, out=work, progress=False,
+              command=" ".join(["scripts/bench_serving.py", *sys.argv[1:]]))
 
 
 def run_clients(url: str, model: str, images: np.ndarray, concurrency: int, requests: int) -> tuple[float, list]:
@@ -127,14 +120,15 @@ def main() -> None:
     work = args.workdir or Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     model = vx.load_model(args.model, weights="random")
-    build(args, model, work)
+    build(args, work)
     scenes = work / "scenes"
     if not scenes.is_dir() or len(list_images(scenes)) < args.images:
         write_demo_images(scenes, args.images, seed=0)
     images = pixels_of(model, scenes)[: args.images]
     settings = ServingSettings(max_queue_delay_us=args.max_queue_delay_us)
-    repo = write_repository(work, files=[work / "model.onnx", work / "model.vwt.onnx", *(
-        work / n for n in stage_files("model.vwt.onnx"))], settings=settings, triton_dir=work / "triton")
+    repo = write_repository(work, files=[work / n for n in ("model.onnx", "model.vwt.onnx", "model.vwt.tokenize.onnx",
+                                                            "model.vwt.trunk.onnx")],
+                            settings=settings, triton_dir=work / "triton")
 
     rows = {}
     with TritonServer(repo, models=list(MODELS)) as server:

@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-from PIL import Image
 
 import vwt_export as vx
 from vwt_export import Vocabulary

@@ -334,8 +334,10 @@ def split_stages(cfg: ExportConfig, graphs: list[Graph], pixels: torch.Tensor, v
                            for stage, proto in zip(("tokenize", "trunk"), split(onnx.load(str(g.path)))))
         out += [tokenize, trunk]
         # the same ops on the same values, but the trunk may see shorter sequences: float sums round differently
-        # (by an ulp), and in an INT8 graph such an ulp can move a value across a quantisation step
-        rtol = 1e-5 if g.variant.precision == "fp32" else 1e-2
+        # (by an ulp), and in an INT8 graph such an ulp moves values across quantisation steps, which adds up over
+        # the blocks (measured on DeiT-S: 3.3e-2 relative, about INT8's own distance from FP32). A miswired split
+        # is off by the order of the outputs themselves.
+        rtol = 1e-5 if g.variant.precision == "fp32" else 1e-1
         err = relative_error(load(g.path)(x), load(tokenize.path)(x), tokenize.path.name)
         verification[tokenize.path.name] = {"file": tokenize.path.name, "verified": err <= rtol, "max_rel_err": err,
                                             "against": g.path.name}

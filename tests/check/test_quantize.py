@@ -1,6 +1,4 @@
-import numpy as np
 import pytest
-import onnx
 import torch
 from onnx import numpy_helper
 

@@ -3,7 +3,6 @@ files each model needs in its version folder, and clear errors for a folder with
 
 import json
 
-import numpy as np
 import pytest
 
 from vwt_export.errors import VWTError

@@ -1,7 +1,6 @@
 """ToMe's ONNX graph (vwt_export.graph.tome_export): standard ops only, static shapes, equal to torch, INT8-able."""
 
 import numpy as np
-import onnx
 import pytest
 import torch
 

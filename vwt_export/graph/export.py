@@ -19,7 +19,6 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 import torch.nn as nn

@@ -344,7 +344,7 @@ def split_stages(cfg: ExportConfig, graphs: list[Graph], pixels: torch.Tensor, v
         if err > rtol:
             raise VWTError(f"{tokenize.path.name} + {trunk.path.name} differ from {g.path.name} by {err:.1e} "
                            f"(relative), over the {rtol:.0e} tolerance")
-        log.info("split %s into %s + %s for length-aware batching: together they equal it (max relative error "
+        log.info("split %s into %s + %s for length-aware batching: together they agree with it (max relative error "
                  "%.1e)", g.path.name, tokenize.path.name, trunk.path.name, err)
     return out
 

@@ -203,3 +203,16 @@ def test_a_local_grouping_run_can_sweep_intra_settings(tmp_path):
     result = vx.export("vit_tiny_patch16_224", calib=images, vocab_size=16, grouping="local", sweep=["keep=0.5"],
                        batches=[1], reps=1, skip_int8=True, out=tmp_path / "out", **TINY)
     assert {r["label"] for r in result.report["sweep"]["ranked"]} == {"fp32", "intra keep=0.5"}
+
+
+def test_an_image_corrupt_past_its_header_is_skipped_and_labels_stay_aligned(tmp_path):
+    """Headers are checked up front; a file whose data is truncated fails only when decoded. Its label must go too."""
+    scenes = sorted(write_demo_images(tmp_path / "scenes", count=4, size=64).glob("*.png"))
+    for i, src in enumerate(scenes):
+        (tmp_path / "val" / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        data = src.read_bytes()
+        (tmp_path / "val" / str(i % 2) / src.name).write_bytes(data[: len(data) // 3] if i == 0 else data)
+    result = vx.export("vit_tiny_patch16_224", mode="intra", keep=8, val=tmp_path / "val", batches=[1], reps=1,
+                       out=tmp_path / "out", **TINY)
+    fp32 = result.report["variants"]["fp32"]
+    assert fp32["accuracy"] is not None and len(fp32["tokens"]["counts"]) == 3

@@ -43,6 +43,13 @@ class Inputs:
     vocab: Any  # Vocabulary | None
     labels: np.ndarray | None  # class index per check image, when the check folder carries labels
 
+    def labels_of(self, files: list[Path]) -> np.ndarray | None:
+        """The labels of `files`, a subset of the check images in their order (those that decoded)."""
+        if self.labels is None:
+            return None
+        index = {p: i for i, p in enumerate(self.check_files)}
+        return self.labels[[index[p] for p in files]]
+
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -266,20 +273,24 @@ def _float32_in(model):
 
 def verification_pixels(model, files: list[Path]) -> torch.Tensor:
     """Up to 8 check images (a batch with padding in it), or seeded noise when there are none."""
-    from .data import iter_image_batches
-    from .models import transform
-
     if files:
-        return next(iter_image_batches(files[:8], transform(model), 8))[0]
+        return torch.from_numpy(_pixels(model, files, 8))
     c, (h, w) = model.patch_embed.proj.in_channels, model.patch_embed.img_size
     return torch.randn(4, c, h, w, generator=torch.Generator().manual_seed(0))
 
 
 def _pixels(model, files: list[Path], limit: int) -> np.ndarray:
+    """The first `limit` images of `files` that decode, preprocessed for `model`."""
     from .data import iter_image_batches
     from .models import transform
 
-    return np.concatenate([b.numpy() for b, _ in iter_image_batches(files[:limit], transform(model), 16)])
+    batches, count = [], 0
+    for batch, _ in iter_image_batches(files, transform(model), min(limit, 16)):
+        batches.append(batch.numpy())
+        count += len(batch)
+        if count >= limit:
+            break
+    return np.concatenate(batches)[:limit]
 
 
 def quantize(cfg: ExportConfig, model, graphs: list[Graph], inputs: Inputs, not_measured: list) -> list[Graph]:
@@ -434,11 +445,11 @@ def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[
         except VWTError as e:
             not_measured.append({"what": "TensorRT engines (accuracy, latency)", "why": f"not run: {e}"})
     runners = {c.label: load_runner(c) for c in candidates}
-    labels = inputs.labels
     headless = is_headless(model)
     with tqdm(total=len(inputs.check_files), desc="evaluating variants", unit="img", disable=not cfg.progress) as bar:
-        logits, tokens = outputs(candidates, runners, inputs.check_files, transform(model), cfg.data.batch_size,
-                                 progress=bar.update)
+        logits, tokens, used = outputs(candidates, runners, inputs.check_files, transform(model),
+                                       cfg.data.batch_size, progress=bar.update)
+    labels = inputs.labels_of(used)
     results = evaluate(candidates, logits, labels, headless)
     batches = cfg.checks.batches
     pixels = _pixels(model, inputs.check_files, max(batches))
@@ -462,7 +473,7 @@ def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[
             measured = tokens.get(c.label)
             counts = token_stats(measured) if measured else None
         else:
-            counts = token_stats([tokens_in] * len(inputs.check_files))
+            counts = token_stats([tokens_in] * len(used))
         r = results[c.label]
         r["tokens"] = counts
         r["latency"] = timing[c.label]
@@ -534,8 +545,8 @@ def run_sweep(cfg: ExportConfig, model, vocab, graphs: list[Graph], inputs: Inpu
         candidates.append(Candidate(setting.label, Variant("tome" if setting.method == "tome" else "vwt", "fp32"), path))
         methods[setting.label] = setting.method
     runners = {cd.label: load_runner(cd) for cd in candidates}
-    logits, tokens = outputs(candidates, runners, inputs.check_files, transform(model), cfg.data.batch_size)
-    labels = inputs.labels
+    logits, tokens, used = outputs(candidates, runners, inputs.check_files, transform(model), cfg.data.batch_size)
+    labels = inputs.labels_of(used)
     use_accuracy = labels is not None and not is_headless(model)
     images = _pixels(model, inputs.check_files, 8)
     per_image = {name: (lambda _x, f=f: [f(images[i : i + 1]) for i in range(len(images))]) for name, f in runners.items()}

@@ -65,11 +65,14 @@ def _real_tokens(probe: np.ndarray) -> np.ndarray:
 
 def outputs(candidates: Sequence[Candidate], runners: dict[str, Callable], files: Sequence[Path], transform,
             batch_size: int, progress: Callable[[int], None] | None = None
-            ) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
-    """({label: logits [images, classes]}, {label: tokens per image}); images are decoded once for all."""
+            ) -> tuple[dict[str, np.ndarray], dict[str, list[int]], list[Path]]:
+    """({label: logits [images, classes]}, {label: tokens per image}, the files decoded); images are decoded once
+    for all. A file that cannot be decoded is skipped (with a warning), so the files decoded can be fewer."""
     logits: dict[str, list[np.ndarray]] = {c.label: [] for c in candidates}
     tokens: dict[str, list[int]] = {}
-    for pixels, _ in iter_image_batches(files, transform, batch_size, progress=progress):
+    used: list[Path] = []
+    for pixels, paths in iter_image_batches(files, transform, batch_size, progress=progress):
+        used += paths
         x = pixels.numpy()
         for c in candidates:
             f = runners[c.label]
@@ -82,7 +85,7 @@ def outputs(candidates: Sequence[Candidate], runners: dict[str, Callable], files
                 tokens.setdefault(c.label, []).extend([f.fixed_tokens] * len(x))
             else:
                 logits[c.label].append(f(x))
-    return {k: np.concatenate(v) for k, v in logits.items()}, tokens
+    return {k: np.concatenate(v) for k, v in logits.items()}, tokens, used
 
 
 def evaluate(candidates: Sequence[Candidate], logits: dict[str, np.ndarray], labels: np.ndarray | None,

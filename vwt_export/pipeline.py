@@ -202,7 +202,6 @@ def compress(cfg: ExportConfig, model, vocab, rounded_copy: bool = False):
 def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tuple[list[Graph], dict[str, dict]]:
     """The FP32 graphs (and with --backend trt their float16 twins), each verified against the torch model of
     its precision before the next stage uses it."""
-    from .check.verify import verify_graph
     from .graph.export import cast_model, export_model, save_model
     from .backends.onnxruntime import needs_op_library
     from .graph.surgery import make_portable
@@ -233,7 +232,7 @@ def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tu
         for variant, portable, proto, reference in protos:
             path = save_model(proto, cfg.out / variant.onnx_file(portable))
             graphs.append(Graph(variant, portable, path))
-            verification[path.name] = _verify(verify_graph, path, reference, pixels, precision)
+            verification[path.name] = verify(path, reference, pixels, precision)
     return graphs, verification
 
 
@@ -247,8 +246,9 @@ def vwt_graph(base, c, reference, vocab, pooling: str):
                      pooling=pooling, grouping=c.grouping)
 
 
-def _verify(verify_graph, path: Path, reference, pixels, precision: str) -> dict:
+def verify(path: Path, reference, pixels, precision: str) -> dict:
     """FP32 graphs must verify (a miss is an error); FP16 misses and a missing op library are warnings."""
+    from .check.verify import verify_graph
     from .errors import OpLibraryMissing
 
     try:
@@ -513,7 +513,6 @@ def run_sweep(cfg: ExportConfig, model, vocab, graphs: list[Graph], inputs: Inpu
     from .check import latency, sweep as sw
     from .check.accuracy import accuracy, fidelity
     from .check.variants import Candidate, load_runner, outputs
-    from .check.verify import verify_graph
     from .graph.export import save_model
     from .models import is_headless, transform
 
@@ -541,7 +540,7 @@ def run_sweep(cfg: ExportConfig, model, vocab, graphs: list[Graph], inputs: Inpu
             proto = vwt_graph(base, setting_cfg, reference, vocab, model.global_pool)
         path = save_model(proto, cfg.out / "sweep" / setting.file)
         files.append(path)
-        verification[f"sweep/{path.name}"] = _verify(verify_graph, path, reference, pixels, "fp32")
+        verification[f"sweep/{path.name}"] = verify(path, reference, pixels, "fp32")
         candidates.append(Candidate(setting.label, Variant("tome" if setting.method == "tome" else "vwt", "fp32"), path))
         methods[setting.label] = setting.method
     runners = {cd.label: load_runner(cd) for cd in candidates}

@@ -457,7 +457,7 @@ def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[
     timed = dict(runners)
     length_aware = {}  # variants whose batches > 1 run through the two stages (runtime.load on the tokenize graph)
     for c in candidates:
-        tokenize = artefacts.find(graphs, c.variant, stage="tokenize") if c.backend == "onnxruntime-cpu" else None
+        tokenize = artefacts.find(graphs, c.variant, stage="tokenize") if not c.on_tensorrt else None
         if tokenize is not None:
             from .runtime import load as load_runtime
 
@@ -477,16 +477,16 @@ def check_variants(cfg: ExportConfig, model, graphs: list[Graph], engines: dict[
         r = results[c.label]
         r["tokens"] = counts
         r["latency"] = timing[c.label]
-        if c.backend == "tensorrt":
+        if c.on_tensorrt:
             r["energy"] = energy.measure_gpu(lambda f=runners[c.label]: f(feeds[max(batches)]), max(batches))
         else:
             r["energy"] = energy.measure_cpu_variant()
-        r["merge_share"] = merge_share(c.path, pixels[:4]) if c.variant.compressed and c.backend != "tensorrt" else None
+        r["merge_share"] = merge_share(c.path, pixels[:4]) if c.variant.compressed and not c.on_tensorrt else None
         out[c.label] = {"file": c.path.name, "backend": c.backend, "precision": c.variant.precision,
                         "vwt": c.variant.compressed, "method": c.variant.method or "none",
                         "batching": f"length-aware ({length_aware[c.label]} + trunk)" if c.label in length_aware
                         else "padded", **r}
-    if any(c.backend == "tensorrt" and c.variant.compressed for c in candidates):
+    if any(c.on_tensorrt and c.variant.compressed for c in candidates):
         not_measured.append({"what": "tokens of the TensorRT engines", "why": "an engine returns logits only"})
     not_measured.append({"what": "FP16 variants on ONNX Runtime CPU", "why": "CPUs without native float16 "
                          "arithmetic run float16 graphs slower than float32 (DeiT-S batch 1 on this project's CI "

@@ -31,7 +31,11 @@ class Candidate:
     label: str  # fp32, vwt+int8, trt:vwt, ...
     variant: Variant
     path: Path
-    backend: str = "onnxruntime-cpu"
+    backend: str = "onnxruntime-cpu"  # or "tensorrt"
+
+    @property
+    def on_tensorrt(self) -> bool:
+        return self.backend == "tensorrt"
 
 
 def load_runner(candidate: Candidate) -> Callable:
@@ -39,7 +43,7 @@ def load_runner(candidate: Candidate) -> Callable:
     session also returns a tensor the tokens are counted from (f.with_extras)."""
     from ..runtime import load
 
-    if candidate.backend != "onnxruntime-cpu" or not candidate.variant.compressed:
+    if candidate.on_tensorrt or not candidate.variant.compressed:
         return load(candidate.path)
     from ..backends.onnxruntime import load_proto, runner
     from ..graph.tome_export import read_schedule

@@ -90,7 +90,7 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
     if cfg.needs_vocabulary and vocab is None:
         vocab = learn(cfg, model, inputs.calib_files)
         written.append(vocab.save(cfg.out / "vocab.safetensors"))
-    cmodel = compress(cfg, model, vocab)
+    cmodel = compress(cfg.compression.spec, model, vocab)
     not_measured: list[dict[str, str]] = []
     graphs, verification, engines = [], {}, {}
     if cfg.engines.onnx:
@@ -187,16 +187,14 @@ def learn(cfg: ExportConfig, model, calib_files: list[Path]):
     return vocab
 
 
-def compress(cfg: ExportConfig, model, vocab, rounded_copy: bool = False):
+def compress(spec, model, vocab, rounded_copy: bool = False):
     """The torch reference of the compressed model (for a float16 copy of the model, `rounded_copy`)."""
-    from .vwt import compress as vwt_compress
+    from . import methods
 
-    c = cfg.compression
     with warnings.catch_warnings():
         if rounded_copy:  # a float16 copy's patch embedding is the vocabulary's own, rounded: not what this warns of
             warnings.filterwarnings("ignore", "embedding-space vocabulary was learned with other")
-        return vwt_compress(model, c.mode, vocab=vocab, threshold=c.threshold, keep=c.keep, space=c.space,
-                            prop_attn=c.prop_attn, grouping=c.grouping, r=c.r)
+        return methods.get(spec.method).build(model, spec, vocab)
 
 
 def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tuple[list[Graph], dict[str, dict]]:
@@ -206,44 +204,31 @@ def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tu
     from .backends.onnxruntime import needs_op_library
     from .graph.surgery import make_portable
 
-    c = cfg.compression
+    spec, method = cfg.compression.spec, cfg.compression.method
     pixels = verification_pixels(model, inputs.check_files or inputs.calib_files).to(cfg.device)
     graphs: list[Graph] = []
     verification: dict[str, dict] = {}
     for precision in artefacts.exported_precisions(cfg.engines.backend):
         typed = cast_model(model, precision)
-        ctyped = cmodel if typed is model else compress(cfg, typed, vocab, rounded_copy=True)
         log.info("exporting the %s baseline to ONNX", precision.upper())
         base = export_model(typed, precision=precision)
         protos = [(Variant("", precision), False, base, _float32_in(typed))]
-        variant = Variant(cfg.method, precision)
-        if cfg.method == "vwt":
-            vwt = vwt_graph(base, c, ctyped, vocab, typed.global_pool)
-            protos.append((variant, False, vwt, ctyped))
-            if needs_op_library(vwt):  # intra graphs are standard ops already: no portable twin
-                protos.append((variant, True, make_portable(vwt), ctyped))
-        elif cfg.method == "tome" and precision != "fp32":
-            log.warning("ToMe is exported in FP32 only (its float16 graph is untested); no %s ToMe graph", precision)
-        elif cfg.method == "tome":
-            from .graph.tome_export import export_tome
-
-            log.info("exporting ToMe (r=%d) to ONNX", c.r)
-            protos.append((variant, False, export_tome(ctyped, check=False), ctyped))
+        variant = Variant(method.variant, precision)
+        if variant.compressed and precision not in method.precisions:
+            log.warning("%s graphs are exported in %s only; no %s one", method.name, ", ".join(method.precisions),
+                        precision)
+        elif variant.compressed:
+            ctyped = cmodel if typed is model else compress(spec, typed, vocab, rounded_copy=True)
+            log.info("exporting %s to ONNX", variant.onnx_file())
+            proto = method.graph(base, ctyped, spec)
+            protos.append((variant, False, proto, ctyped))
+            if needs_op_library(proto):  # graphs of standard ops only need no portable twin
+                protos.append((variant, True, make_portable(proto), ctyped))
         for variant, portable, proto, reference in protos:
             path = save_model(proto, cfg.out / variant.onnx_file(portable))
             graphs.append(Graph(variant, portable, path))
             verification[path.name] = verify(path, reference, pixels, precision)
     return graphs, verification
-
-
-def vwt_graph(base, c, reference, vocab, pooling: str):
-    """The baseline graph with VWT compression `c` (a Compression) inserted, as `reference` (its torch model) does."""
-    from .graph.surgery import apply_vwt
-    from .vwt.intra import resolve_keep
-
-    return apply_vwt(base, c.mode, vocab=vocab.words.numpy() if vocab is not None else None, threshold=c.threshold,
-                     keep=resolve_keep(c.keep, reference.num_patches), space=reference.space, prop_attn=c.prop_attn,
-                     pooling=pooling, grouping=c.grouping)
 
 
 def verify(path: Path, reference, pixels, precision: str) -> dict:
@@ -336,7 +321,7 @@ def split_stages(cfg: ExportConfig, graphs: list[Graph], pixels: torch.Tensor, v
     from .graph.stages import split_stages as split
     from .runtime import load
 
-    if cfg.compression.mode != "inter":
+    if not cfg.compression.method.stages:
         return []
     out = []
     x = pixels.cpu().numpy()
@@ -376,7 +361,7 @@ def build_engines(cfg: ExportConfig, graphs: list[Graph], tokens_in: int, num_pr
         plugin = trt_plugin_library()
     except VWTError:
         plugin = None
-    if plugin is None and cfg.compression.mode == "inter":
+    if plugin is None and any(g.portable for g in graphs):
         not_measured.append({"what": "TensorRT plugin path", "why": "libvwt_trt_plugin.so is not built (no TensorRT "
                              "headers at build time); the VWT engines are built from the portable graphs"})
     engines, trunks = {}, []
@@ -516,33 +501,26 @@ def run_sweep(cfg: ExportConfig, model, vocab, graphs: list[Graph], inputs: Inpu
     from .graph.export import save_model
     from .models import is_headless, transform
 
-    c = cfg.compression
+    from . import methods
+
     base_path = artefacts.find(graphs, Variant("", "fp32")).path
     base = onnx.load(str(base_path))
     pixels = verification_pixels(model, inputs.check_files)
     candidates = [Candidate(v.name, v, artefacts.find(graphs, v).path) for v in (Variant("", "fp32"), Variant("", "int8"))
                   if artefacts.find(graphs, v)]
-    methods = {v.name: ("fp32" if v.precision == "fp32" else "int8") for v in (cd.variant for cd in candidates)}
+    groups = {v.name: ("fp32" if v.precision == "fp32" else "int8") for v in (cd.variant for cd in candidates)}
     files = []
-    for setting in sw.settings(cfg.checks.sweep, c.threshold, c.grouping):
-        params = dict(setting.params)
-        log.info("sweep: exporting %s", setting.label)
-        if setting.method == "tome":
-            from .graph.tome_export import export_tome
-
-            reference = compress(cfg.replace(compression=dataclasses.replace(c, mode="tome", r=params["r"])), model,
-                                 vocab)
-            proto = export_tome(reference, check=False)  # verified below, near-ties counted
-        else:
-            mode = "inter" if setting.method == "vwt" else "intra"
-            setting_cfg = dataclasses.replace(c, mode=mode, **{"grouping": "global", **params})
-            reference = compress(cfg.replace(compression=setting_cfg), model, vocab)
-            proto = vwt_graph(base, setting_cfg, reference, vocab, model.global_pool)
-        path = save_model(proto, cfg.out / "sweep" / setting.file)
+    for spec in methods.sweep_specs(cfg.checks.sweep, cfg.compression.spec):
+        method = methods.get(spec.method)
+        label = method.label({k: spec.values[k] for k in method.sweep_keys})
+        log.info("sweep: exporting %s", label)
+        reference = compress(spec, model, vocab)
+        proto = method.graph(base, reference, spec)
+        path = save_model(proto, cfg.out / "sweep" / sw.file_name(label))
         files.append(path)
         verification[f"sweep/{path.name}"] = verify(path, reference, pixels, "fp32")
-        candidates.append(Candidate(setting.label, Variant("tome" if setting.method == "tome" else "vwt", "fp32"), path))
-        methods[setting.label] = setting.method
+        candidates.append(Candidate(label, Variant(method.variant, "fp32"), path))
+        groups[label] = method.sweep_group or method.name
     runners = {cd.label: load_runner(cd) for cd in candidates}
     logits, tokens, used = outputs(candidates, runners, inputs.check_files, transform(model), cfg.data.batch_size)
     labels = inputs.labels_of(used)
@@ -556,9 +534,9 @@ def run_sweep(cfg: ExportConfig, model, vocab, graphs: list[Graph], inputs: Inpu
         quality = (accuracy(logits[cd.label], labels)["top1"] if use_accuracy
                    else fidelity(logits["fp32"], logits[cd.label], headless=True)["cosine_similarity"])
         counts = tokens.get(cd.label)
-        rows.append({"label": cd.label, "method": methods[cd.label], "file": str(cd.path.relative_to(cfg.out)),
+        rows.append({"label": cd.label, "method": groups[cd.label], "file": str(cd.path.relative_to(cfg.out)),
                      "quality": quality, "tokens": (sum(counts) / len(counts)) if counts else
-                     (tokens_in if methods[cd.label] in ("fp32", "int8") else None),
+                     (tokens_in if groups[cd.label] in ("fp32", "int8") else None),
                      "latency_ms": timing[cd.label][1]["p50_ms"] / len(images)})
     result = {"images": len(inputs.check_files), "quality": "top-1 accuracy" if use_accuracy else
               "cosine of the outputs to FP32", "ranked": sw.rank(rows), "plot": "plots/tradeoff.png"}
@@ -635,7 +613,7 @@ def write_report(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs, varian
         **({"sweep": sweep} if sweep else {}),
         "plots": [],
     }
-    if cfg.compression.mode == "inter":
+    if cfg.compression.method.groups_patches:
         from .check.merges import plot_merges
 
         plot_merges(model, cmodel, verification_pixels(model, inputs.check_files), cfg.out / "plots" / "merges.png")
@@ -673,12 +651,8 @@ def _model_facts(cfg: ExportConfig, model, cmodel) -> dict:
 
 def _settings(cfg: ExportConfig, cmodel, vocab) -> dict:
     c = cfg.compression
-    settings: dict[str, Any] = {"mode": c.mode, "model_args": dict(cfg.model.args), "prop_attn": c.prop_attn}
-    if c.mode == "intra":
-        settings.update(keep=c.keep, space=cmodel.space)
-    if c.mode == "inter":
-        settings.update(threshold=c.threshold, space=cmodel.space, grouping=c.grouping, vocab_size=vocab.size,
-                        vocab=str(c.vocab or cfg.out / "vocab.safetensors"))
-    if c.mode == "tome":
-        settings.update(r=c.r, prop_attn=True, block_tokens=list(cmodel.block_tokens))
+    settings: dict[str, Any] = {"mode": c.mode, "model_args": dict(cfg.model.args), "prop_attn": c.prop_attn,
+                                **c.method.settings(c.spec, cmodel)}
+    if c.method.needs_vocabulary:
+        settings.update(vocab_size=vocab.size, vocab=str(c.vocab or cfg.out / "vocab.safetensors"))
     return settings

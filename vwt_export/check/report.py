@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path, write_text
+from ..errors import VWTError
 
 SCHEMA, VERSION = "vwt-export/report", 1
 REQUIRED = ("schema", "version", "created", "model", "settings", "environment", "images", "variants", "not_measured")
@@ -59,10 +60,7 @@ def markdown(report: dict) -> str:
         lines += ["> **Random weights**: accuracy and fidelity figures say nothing about a trained model; they only "
                   "show that every variant runs and agrees with its reference.", ""]
     imgs = report["images"]
-    lines += [f"Mode **{s['mode']}**" + (f", threshold {s['threshold']}, {s.get('vocab_size')} words" if s["mode"] == "inter" else "")
-              + (f", keep {s.get('keep')}" if s["mode"] == "intra" else "")
-              + (f", r {s.get('r')} (ToMe, proportional attention)" if s["mode"] == "tome" else "")
-              + f". {imgs['count']} check images from `{imgs['folder']}` ({'labelled' if imgs['labelled'] else 'no labels: fidelity only'}).",
+    lines += [f"Mode **{s['mode']}**" + _describe(s) + f". {imgs['count']} check images from `{imgs['folder']}` ({'labelled' if imgs['labelled'] else 'no labels: fidelity only'}).",
               f"Backend: ONNX Runtime {report['environment']['onnxruntime']} CPU, {report['environment']['cpu_count']} cores; "
               "all variants timed in one interleaved run.", ""]
     batches = sorted({int(b) for v in report["variants"].values() for b in v["latency"]})
@@ -116,6 +114,15 @@ def markdown(report: dict) -> str:
     if report.get("plots"):
         lines += [f"![{Path(p).stem}]({p})" for p in report["plots"]] + [""]
     return "\n".join(lines)
+
+
+def _describe(settings: dict) -> str:
+    from .. import methods
+
+    try:
+        return methods.get(settings["mode"]).describe(settings)
+    except VWTError:  # a report of a method this installation does not have
+        return ""
 
 
 def plots(report: dict, folder: Path) -> list[str]:

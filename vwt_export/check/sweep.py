@@ -2,8 +2,8 @@
 
     --sweep threshold=0.05,0.1,0.2 --sweep grouping=global,local --sweep keep=0.5,0.75 --sweep r=8,16
 
-Each key belongs to one method: threshold and grouping to VWT inter (every combination of the two), keep to
-VWT intra, r to ToMe. Every setting becomes one graph (OUT/sweep/model.<setting>.onnx), verified against its
+Each key belongs to the methods that list it among their sweep keys (vwt_export.methods: threshold and grouping
+to inter, every combination of the two; keep to intra; r to ToMe). Every setting becomes one graph (OUT/sweep/model.<setting>.onnx), verified against its
 torch model, then measured with the run's own FP32 and INT8 graphs in one interleaved timing run: quality (top-1
 accuracy with labels, else the cosine of the outputs to FP32's), tokens, batch-1 latency. The Pareto front is
 the settings no other setting beats on both quality and latency.
@@ -11,82 +11,13 @@ the settings no other setting beats on both quality and latency.
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from ..config import parse_keep
-from ..errors import VWTError
-from ..vwt.model import GROUPINGS
 
 
-def _positive_int(v: str) -> int:
-    n = int(v)
-    if n < 0:
-        raise ValueError(v)
-    return n
 
-
-def _grouping(v: str) -> str:
-    if v not in GROUPINGS:
-        raise ValueError(v)
-    return v
-
-
-KEYS = {"threshold": float, "grouping": _grouping, "keep": parse_keep, "r": _positive_int}
-
-
-def parse(items: list[str] | tuple[str, ...] | dict) -> dict[str, tuple]:
-    """["threshold=0.05,0.1", "r=8"] (or {key: values}) -> {"threshold": (0.05, 0.1), "r": (8,)}."""
-    if isinstance(items, dict):
-        items = [f"{k}={','.join(map(str, v if isinstance(v, (list, tuple)) else [v]))}" for k, v in items.items()]
-    out: dict[str, tuple] = {}
-    for item in items:
-        key, sep, values = str(item).partition("=")
-        if not sep or key not in KEYS or not values.strip():
-            raise VWTError(f"--sweep {item}: expected KEY=V1,V2,... with KEY one of {', '.join(KEYS)}")
-        try:
-            parsed = tuple(KEYS[key](v.strip()) for v in values.split(",") if v.strip())
-        except (ValueError, VWTError):
-            raise VWTError(f"--sweep {item}: a value is not a valid {key}") from None
-        if key == "threshold" and not all(0.0 <= t <= 2.0 for t in parsed):
-            raise VWTError(f"--sweep {item}: thresholds are cosine distances in [0, 2]")
-        out[key] = out.get(key, ()) + parsed
-    return out
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One point of the sweep: a method and its parameters."""
-
-    method: str  # vwt (inter), intra, tome
-    params: tuple[tuple[str, Any], ...]
-
-    @property
-    def label(self) -> str:
-        p = dict(self.params)
-        if self.method == "vwt":
-            return f"vwt {p['grouping']} t={p['threshold']:g}"
-        if self.method == "intra":
-            return f"intra keep={p['keep']:g}"
-        return f"tome r={p['r']}"
-
-    @property
-    def file(self) -> str:
-        return "model." + self.label.replace(" ", "-").replace("=", "") + ".onnx"
-
-
-def settings(sweep: dict[str, tuple], threshold: float, grouping: str) -> list[Setting]:
-    """Every setting the sweep asks for; inter settings combine thresholds and groupings (the run's own value
-    standing in for the key not swept)."""
-    out = []
-    if "threshold" in sweep or "grouping" in sweep:
-        for t, g in itertools.product(sweep.get("threshold", (threshold,)), sweep.get("grouping", (grouping,))):
-            out.append(Setting("vwt", (("threshold", float(t)), ("grouping", g))))
-    out += [Setting("intra", (("keep", k),)) for k in sweep.get("keep", ())]
-    out += [Setting("tome", (("r", r),)) for r in sweep.get("r", ())]
-    return list(dict.fromkeys(out))
+def file_name(label: str) -> str:
+    """A setting's graph file: "vwt global t=0.05" -> model.vwt-global-t0.05.onnx."""
+    return "model." + label.replace(" ", "-").replace("=", "") + ".onnx"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

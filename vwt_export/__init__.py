@@ -15,7 +15,8 @@ from . import methods, runtime
 from .config import ExportConfig
 from .errors import VWTError
 from .models import load_model, model_cards
-from .pipeline import ExportResult, export
+from .check.context import ExportResult
+from .pipeline import export
 from .methods import compress
 from .vwt import CompressedViT, Vocabulary, learn_vocabulary
 

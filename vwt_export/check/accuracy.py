@@ -10,12 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ..data import iter_image_batches
 from ..errors import VWTError
 from ..models import is_headless
 
@@ -141,15 +140,17 @@ class Agreement:
 
 
 @torch.no_grad()
-def compare(reference: torch.nn.Module, candidate: torch.nn.Module, files: Sequence[Path], transform,
-            batch_size: int = 32, device: str = "cpu", progress=None) -> Agreement:
-    """Run both torch models over the images; `candidate` is a CompressedViT (it reports its token counts)."""
+def compare(reference: torch.nn.Module, candidate: torch.nn.Module, batches: Iterable[np.ndarray],
+            device: str = "cpu", progress=None) -> Agreement:
+    """Run both torch models over batches of pixels; `candidate` is a compressed model (it reports its tokens)."""
     refs, cands, counts = [], [], []
-    for pixels, _ in iter_image_batches(files, transform, batch_size, progress=progress):
-        pixels = pixels.to(device)
+    for batch in batches:
+        pixels = torch.from_numpy(batch).to(device)
         refs.append(reference(pixels).float().cpu().numpy())
         cands.append(candidate(pixels).float().cpu().numpy())
         counts.append(candidate.last_token_counts)
+        if progress:
+            progress(len(batch))
     ref, cand, tokens = np.concatenate(refs), np.concatenate(cands), torch.cat(counts).float()
     f = fidelity(ref, cand, headless=is_headless(reference))
     agreement = Agreement(
@@ -159,3 +160,13 @@ def compare(reference: torch.nn.Module, candidate: torch.nn.Module, files: Seque
     )
     agreement.counts = tokens.long().tolist()  # per image, for the report's histogram (not in as_dict)
     return agreement
+
+
+def check_torch(run, cmodel) -> dict:
+    """Tokens kept and agreement with the uncompressed model, on the torch path, over the run's check images."""
+    from tqdm.auto import tqdm
+
+    images = run.images
+    with tqdm(total=len(images.files), desc="checking (torch)", unit="img", disable=not run.cfg.progress) as bar:
+        a = compare(run.model, cmodel, images.batches(run.cfg.data.batch_size), run.cfg.device, progress=bar.update)
+    return {"images_from": str(run.cfg.data.check_folder), **a.as_dict(), "counts": a.counts}

@@ -193,3 +193,92 @@ def write(report: dict, out: Path) -> list[Path]:
     write_text(out / "report.json", json.dumps(report, indent=2, default=float) + "\n")
     write_text(out / "report.md", markdown(report))
     return [out / "report.json", out / "report.md"] + [out / p for p in report["plots"]]
+
+
+# -- the run's report and summary ------------------------------------------------------------------------------
+
+
+def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: dict | None) -> dict:
+    """report.json, report.md and the plots of a run whose variants were measured; returns report.json's content."""
+    import datetime
+    import os
+    import platform
+
+    import onnx
+    import onnxruntime
+    import timm
+    import torch
+
+    from .. import __version__
+    from ..models import is_headless
+
+    cfg, model = run.cfg, run.model
+    report = {
+        "schema": SCHEMA, "version": VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": cfg.command,
+        "model": {**_model_facts(cfg, model, cmodel), "headless": is_headless(model),
+                  "num_prefix_tokens": model.num_prefix_tokens, "num_patches": model.patch_embed.num_patches},
+        "settings": _settings(cfg, cmodel, vocab),
+        "environment": {"python": platform.python_version(), "platform": platform.platform(),
+                        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                        "torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
+                        "onnxruntime": onnxruntime.__version__, "vwt_export": __version__, "gpu": None},
+        "images": {"folder": str(cfg.data.check_folder), "count": len(run.inputs.check_files),
+                   "labelled": run.inputs.labels is not None,
+                   "calib": str(cfg.data.calib) if cfg.data.calib else None, "calib_count": len(run.inputs.calib_files)},
+        "variants": variants,
+        **run.serialised(),
+        "polygraphy": polygraphy,
+        **({"sweep": sweep} if sweep else {}),
+        "plots": [],
+    }
+    if cfg.compression.method.groups_patches:
+        from .merges import plot_merges
+
+        plot_merges(model, cmodel, run.verification_pixels, cfg.out / "plots" / "merges.png")
+        report["plots"].append("plots/merges.png")
+    run.written += write(report, cfg.out)
+    return report
+
+
+def write_summary(run, cmodel, vocab, result) -> Path:
+    """summary.json: what the run wrote and verified, whether or not it measured (written last)."""
+    import platform
+
+    import timm
+    import torch
+
+    from .. import __version__
+
+    cfg = run.cfg
+    summary = {
+        **_model_facts(cfg, run.model, cmodel), "mode": cfg.compression.mode, "command": cfg.command,
+        "settings": _settings(cfg, cmodel, vocab),
+        "versions": {"vwt_export": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                     "python": platform.python_version()},
+        "onnx": result.verification, "near_ties": result.near_ties,
+        "engines": {v.name: {"file": p.name, "from": json.loads(Path(f"{p}.json").read_text())["onnx"]["file"]}
+                    for v, p in result.engines.items()},
+        "not_measured": result.not_measured,
+    }
+    if result.torch_check is not None:
+        summary["torch_check"] = {k: v for k, v in result.torch_check.items() if k != "counts"}
+    path = cfg.out / "summary.json"
+    write_text(path, json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+def _model_facts(cfg, model, cmodel) -> dict:
+    return {"name": cfg.model.name, "timm_name": model.default_cfg.get("architecture"), "weights": cfg.model.weights,
+            "weights_meaningful": cfg.model.weights != "random", "tokens_in": cmodel.tokens_in}
+
+
+def _settings(cfg, cmodel, vocab) -> dict:
+    """The compression as report.json and summary.json state it: mode, its method's settings, the vocabulary."""
+    c = cfg.compression
+    settings: dict[str, Any] = {"mode": c.mode, "model_args": dict(cfg.model.args), "prop_attn": c.prop_attn,
+                                **c.method.settings(c.spec, cmodel)}
+    if c.method.needs_vocabulary:
+        settings.update(vocab_size=vocab.size, vocab=str(c.vocab or cfg.out / "vocab.safetensors"))
+    return settings

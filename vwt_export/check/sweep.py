@@ -11,13 +11,68 @@ the settings no other setting beats on both quality and latency.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+from ..artefacts import Graph, Variant, find
+
+log = logging.getLogger("vwt_export")
 
 
 
 def file_name(label: str) -> str:
     """A setting's graph file: "vwt global t=0.05" -> model.vwt-global-t0.05.onnx."""
     return "model." + label.replace(" ", "-").replace("=", "") + ".onnx"
+
+
+def run_sweep(run, graphs: list[Graph], vocab) -> dict:
+    """--sweep: every setting exported, verified and measured with the run's FP32 and INT8 graphs on the same
+    images, in one interleaved timing run; ranked, with the Pareto front, and plotted."""
+    import onnx
+
+    from .. import methods
+    from ..graph.export import save_model
+    from ..models import is_headless, sequence_length
+    from . import latency
+    from .accuracy import accuracy, fidelity
+    from .variants import Candidate, load_runner, outputs
+
+    cfg, images = run.cfg, run.images
+    base = onnx.load(str(find(graphs, Variant("", "fp32")).path))
+    baselines = [v for v in (Variant("", "fp32"), Variant("", "int8")) if find(graphs, v)]
+    candidates = [Candidate(v.name, v, find(graphs, v).path) for v in baselines]
+    groups = {v.name: v.precision for v in baselines}
+    for spec in methods.sweep_specs(cfg.checks.sweep, cfg.compression.spec):
+        method = methods.get(spec.method)
+        label = method.label({k: spec.values[k] for k in method.sweep_keys})
+        log.info("sweep: exporting %s", label)
+        reference = method.build(run.model, spec, vocab)
+        path = save_model(method.graph(base, reference, spec), cfg.out / "sweep" / file_name(label))
+        run.written.append(path)
+        run.verify(path, reference, "fp32", key=f"sweep/{path.name}")
+        candidates.append(Candidate(label, Variant(method.variant, "fp32"), path))
+        groups[label] = method.sweep_group or method.name
+    runners = {cd.label: load_runner(cd) for cd in candidates}
+    logits, tokens = outputs(candidates, runners, images.batches(cfg.data.batch_size))
+    use_accuracy = images.labels is not None and not is_headless(run.model)
+    first = images.pixels[:8]
+    per_image = {name: (lambda _x, f=f: [f(first[i : i + 1]) for i in range(len(first))]) for name, f in runners.items()}
+    timing = latency.measure(per_image, {1: first[:1]}, warmup=2, reps=cfg.checks.reps)
+    tokens_in = sequence_length(run.model)
+    rows = []
+    for cd in candidates:
+        quality = (accuracy(logits[cd.label], images.labels)["top1"] if use_accuracy
+                   else fidelity(logits["fp32"], logits[cd.label], headless=True)["cosine_similarity"])
+        counts = tokens.get(cd.label)
+        rows.append({"label": cd.label, "method": groups[cd.label], "file": str(cd.path.relative_to(cfg.out)),
+                     "quality": quality, "tokens": (sum(counts) / len(counts)) if counts else
+                     (tokens_in if groups[cd.label] in ("fp32", "int8") else None),
+                     "latency_ms": timing[cd.label][1]["p50_ms"] / len(first)})
+    result = {"images": len(run.inputs.check_files), "quality": "top-1 accuracy" if use_accuracy else
+              "cosine of the outputs to FP32", "ranked": rank(rows), "plot": "plots/tradeoff.png"}
+    plot_tradeoff(result["ranked"], result["quality"], cfg.out / result["plot"])
+    run.written.append(cfg.out / result["plot"])
+    return result
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

@@ -43,6 +43,7 @@ class Verification:
     near_ties: int = 0  # patches whose match could go either way
     images_with_near_ties: int = 0
     matches_differ: int = 0  # patches matched differently by the graph (near-ties, or FP16 rounding)
+    against: str | None = None  # what it was checked against, when not its torch model (a stage pair: its one graph)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -102,3 +103,24 @@ def verify_graph(path: Path, reference, pixels: torch.Tensor, precision: str = "
     err = _check(relative_error(expected, logits, name), rtol, name)
     return Verification(name, True, err, patches=int(keys.size), near_ties=int(ties.sum()),
                         images_with_near_ties=int(ties.any(axis=1).sum()), matches_differ=int(differ.sum()))
+
+
+def check_stage_pair(tokenize: Path, trunk: Path, one_graph: Path, pixels: np.ndarray, precision: str) -> Verification:
+    """tokenize + trunk (run length-aware, as users run them) against the one graph they were split from."""
+    import logging
+
+    from ..runtime import load
+
+    # the same ops on the same values, but the trunk may see shorter sequences: float sums round differently
+    # (by an ulp), and in an INT8 graph such an ulp moves values across quantisation steps, which adds up over
+    # the blocks (measured on DeiT-S: 3.3e-2 relative, about INT8's own distance from FP32). A miswired split
+    # is off by the order of the outputs themselves.
+    rtol = 1e-5 if precision == "fp32" else 1e-1
+    err = relative_error(load(one_graph)(pixels), load(tokenize)(pixels), tokenize.name)
+    if err > rtol:
+        raise VWTError(f"{tokenize.name} + {trunk.name} differ from {one_graph.name} by {err:.1e} (relative), over "
+                       f"the {rtol:.0e} tolerance")
+    logging.getLogger("vwt_export").info(
+        "split %s into %s + %s for length-aware batching: together they agree with it (max relative error %.1e)",
+        one_graph.name, tokenize.name, trunk.name, err)
+    return Verification(tokenize.name, True, err, against=one_graph.name)

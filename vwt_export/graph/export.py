@@ -75,6 +75,13 @@ def cast_model(model: nn.Module, precision: str) -> nn.Module:
     return cast.eval()
 
 
+def float32_in(model: nn.Module):
+    """The model taking float32 pixels whatever its dtype, as its ONNX export does (the torch reference of a
+    float16 graph)."""
+    dtype = model.patch_embed.proj.weight.dtype
+    return model if dtype == torch.float32 else (lambda pixels: model(pixels.to(dtype)))
+
+
 def _export(module: nn.Module, example: torch.Tensor, in_name: str, out_name: str, seq_dynamic: bool,
             opset: int, exporter: str) -> onnx.ModelProto:
     module = module.eval()

@@ -104,20 +104,35 @@ def cosine_similarity(ref: np.ndarray, cand: np.ndarray) -> float:
     return float(np.mean(num / np.maximum(den, 1e-12)))
 
 
-def fidelity(ref: np.ndarray, cand: np.ndarray, headless: bool = False) -> dict[str, float | None]:
+@dataclass(frozen=True)
+class Fidelity:
+    """A variant's outputs against the reference's (FP32): the first three None for a headless model."""
+
+    top1_agreement: float | None
+    top5_overlap: float | None
+    kl_divergence: float | None
+    cosine_similarity: float
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    top1: float
+    top5: float
+
+
+def fidelity(ref: np.ndarray, cand: np.ndarray, headless: bool = False) -> Fidelity:
     """Agreement of a variant's outputs with the reference's. A headless model (no classifier head) outputs
     feature vectors: ranking their components means nothing, so only their cosine similarity is measured."""
     if headless:
-        return {"top1_agreement": None, "top5_overlap": None, "kl_divergence": None,
-                "cosine_similarity": cosine_similarity(ref, cand)}
-    return {"top1_agreement": top1_agreement(ref, cand), "top5_overlap": topk_overlap(ref, cand),
-            "kl_divergence": kl_divergence(ref, cand), "cosine_similarity": cosine_similarity(ref, cand)}
+        return Fidelity(None, None, None, cosine_similarity(ref, cand))
+    return Fidelity(top1_agreement(ref, cand), topk_overlap(ref, cand), kl_divergence(ref, cand),
+                    cosine_similarity(ref, cand))
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray | None) -> dict[str, float] | None:
+def accuracy(logits: np.ndarray, labels: np.ndarray | None) -> Accuracy | None:
     if labels is None:
         return None
-    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
+    return Accuracy(topk_accuracy(logits, labels, 1), topk_accuracy(logits, labels, 5))
 
 
 # -- the torch-path comparison ---------------------------------------------------------------------------------
@@ -154,8 +169,8 @@ def compare(reference: torch.nn.Module, candidate: torch.nn.Module, batches: Ite
     ref, cand, tokens = np.concatenate(refs), np.concatenate(cands), torch.cat(counts).float()
     f = fidelity(ref, cand, headless=is_headless(reference))
     agreement = Agreement(
-        images=len(ref), top1_agreement=f["top1_agreement"], top5_overlap=f["top5_overlap"],
-        cosine_similarity=f["cosine_similarity"], max_abs_logit_diff=float(np.abs(ref - cand).max()), tokens_in=candidate.tokens_in,
+        images=len(ref), top1_agreement=f.top1_agreement, top5_overlap=f.top5_overlap,
+        cosine_similarity=f.cosine_similarity, max_abs_logit_diff=float(np.abs(ref - cand).max()), tokens_in=candidate.tokens_in,
         tokens_mean=float(tokens.mean()), tokens_min=int(tokens.min()), tokens_max=int(tokens.max()),
     )
     agreement.counts = tokens.long().tolist()  # per image, for the report's histogram (not in as_dict)

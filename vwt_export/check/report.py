@@ -22,6 +22,7 @@ report.json, version 1:
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -227,7 +228,7 @@ def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: di
         "images": {"folder": str(cfg.data.check_folder), "count": len(run.inputs.check_files),
                    "labelled": run.inputs.labels is not None,
                    "calib": str(cfg.data.calib) if cfg.data.calib else None, "calib_count": len(run.inputs.calib_files)},
-        "variants": variants,
+        "variants": {name: asdict(v) for name, v in variants.items()},
         **run.serialised(),
         "polygraphy": polygraphy,
         **({"sweep": sweep} if sweep else {}),

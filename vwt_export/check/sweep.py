@@ -12,12 +12,26 @@ the settings no other setting beats on both quality and latency.
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..artefacts import Graph, Variant, find
 
 log = logging.getLogger("vwt_export")
 
+
+
+@dataclass(frozen=True)
+class Row:
+    """One setting measured (report.json's sweep.ranked)."""
+
+    label: str
+    method: str  # fp32, int8, or the setting's method's sweep group (vwt, intra, tome)
+    file: str
+    quality: float  # top-1 accuracy with labels, else the cosine of the outputs to FP32's
+    tokens: float | None  # mean per image
+    latency_ms: float  # p50 at batch 1
+    pareto: bool = False
 
 
 def file_name(label: str) -> str:
@@ -61,15 +75,14 @@ def run_sweep(run, graphs: list[Graph], vocab) -> dict:
     tokens_in = sequence_length(run.model)
     rows = []
     for cd in candidates:
-        quality = (accuracy(logits[cd.label], images.labels)["top1"] if use_accuracy
-                   else fidelity(logits["fp32"], logits[cd.label], headless=True)["cosine_similarity"])
+        quality = (accuracy(logits[cd.label], images.labels).top1 if use_accuracy
+                   else fidelity(logits["fp32"], logits[cd.label], headless=True).cosine_similarity)
         counts = tokens.get(cd.label)
-        rows.append({"label": cd.label, "method": groups[cd.label], "file": str(cd.path.relative_to(cfg.out)),
-                     "quality": quality, "tokens": (sum(counts) / len(counts)) if counts else
-                     (tokens_in if groups[cd.label] in ("fp32", "int8") else None),
-                     "latency_ms": timing[cd.label][1]["p50_ms"] / len(first)})
+        rows.append(Row(cd.label, groups[cd.label], str(cd.path.relative_to(cfg.out)), quality,
+                        (sum(counts) / len(counts)) if counts else tokens_in if not cd.variant.compressed else None,
+                        timing[cd.label][1]["p50_ms"] / len(first)))
     result = {"images": len(run.inputs.check_files), "quality": "top-1 accuracy" if use_accuracy else
-              "cosine of the outputs to FP32", "ranked": rank(rows), "plot": "plots/tradeoff.png"}
+              "cosine of the outputs to FP32", "ranked": [asdict(r) for r in rank(rows)], "plot": "plots/tradeoff.png"}
     plot_tradeoff(result["ranked"], result["quality"], cfg.out / result["plot"])
     run.written.append(cfg.out / result["plot"])
     return result
@@ -87,11 +100,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def rank(rows: list[dict]) -> list[dict]:
-    """Rows {label, latency_ms, quality, ...} sorted by quality, best first; each marked `pareto`."""
-    front = set(pareto_front([(r["latency_ms"], r["quality"]) for r in rows]))
-    marked = [{**r, "pareto": i in front} for i, r in enumerate(rows)]
-    return sorted(marked, key=lambda r: (-r["quality"], r["latency_ms"]))
+def rank(rows: list[Row]) -> list[Row]:
+    """Rows sorted by quality, best first; each marked `pareto`."""
+    front = set(pareto_front([(r.latency_ms, r.quality) for r in rows]))
+    marked = [replace(r, pareto=i in front) for i, r in enumerate(rows)]
+    return sorted(marked, key=lambda r: (-r.quality, r.latency_ms))
 
 
 MARKERS = {"fp32": "s", "int8": "D", "vwt": "o", "intra": "^", "tome": "v"}

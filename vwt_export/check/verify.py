@@ -62,47 +62,48 @@ def _check(err: float, rtol: float, what: str) -> float:
     return err
 
 
-def verify_graph(path: Path, reference, pixels: torch.Tensor, precision: str = "fp32") -> Verification:
-    """Check `path` against `reference` (the torch module it must equal: the model, or its CompressedViT).
+def verify_graph(graph: Path | onnx.ModelProto, reference, pixels: torch.Tensor, precision: str = "fp32") -> Verification:
+    """Check `graph` (a file or a proto) against `reference`, the torch module it must equal: the model, or a
+    method's torch model. What the reference can tell decides how discrete decisions are compared
+    (vwt_export.methods.Method):
 
-    Raises VWTError when an FP32 graph is wrong; returns what was compared, near-ties included."""
-    from ..backends.onnxruntime import load_proto, runner
+      match(pixels), near_ties(pixels)   the graph's vwt/keys equal torch's except at near-ties, and the output
+                                         equals the reference run on the graph's own keys;
+      decision_margins(pixels)           images with a decision within NEAR_TIE_EPS are counted, not compared.
 
-    rtol, name = RTOL[precision], path.name
-    if hasattr(reference, "decision_margins"):  # ToMe: images whose merge decisions sit on a near-tie are counted
-        from ..graph.tome_export import check_against_torch
+    Raises VWTError when the graph is wrong; returns what was compared, near-ties included."""
+    from ..backends.onnxruntime import OrtRunner, load_proto
+    from ..vwt.inter import NEAR_TIE_EPS
 
-        try:
-            r = check_against_torch(load_proto(path), reference, pixels, rtol=rtol)
-        except VWTError as e:
-            raise VWTError(f"{name}: {e}") from None
-        return Verification(name, True, r["max_rel_err"], patches=0, near_ties=r["near_ties"],
-                            images_with_near_ties=r["near_ties"])
-    keyed = getattr(reference, "mode", None) == "inter" and any(
-        ops.KEYS_TENSOR in n.output for n in load_proto(path).graph.node)
-    if not keyed:
-        with torch.no_grad():
-            expected = reference(pixels).float().cpu().numpy()
-        actual = runner(path)(pixels.cpu().numpy())
-        return Verification(name, True, _check(relative_error(expected, actual, name), rtol, name))
-
-    from ..vwt.inter import match_keys, near_ties
-
-    logits, keys = runner(path, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).with_extras(pixels.cpu().numpy())
+    rtol, name = RTOL[precision], graph.name if isinstance(graph, Path) else "the graph"
+    x = pixels.cpu().numpy()
+    keyed = hasattr(reference, "match") and any(ops.KEYS_TENSOR in n.output for n in load_proto(graph).graph.node)
+    v = Verification(name, True)
     with torch.no_grad():
-        features = reference.features(pixels).float()
-        ours = match_keys(features, reference.unit_words, reference.threshold).cpu().numpy()
-        ties = near_ties(features, reference.unit_words, reference.threshold).cpu().numpy()
-        expected = reference(pixels, keys=torch.from_numpy(keys).to(pixels.device)).float().cpu().numpy()
-    differ = keys != ours
-    unexplained = differ & ~ties
-    if unexplained.any() and (precision == "fp32" or unexplained.mean() > FP16_MATCHES_DIFFER):
-        b, n = map(int, np.argwhere(unexplained)[0])
-        raise VWTError(f"{name}: {int(unexplained.sum())} patch matches differ from torch away from any near-tie "
-                       f"(first: image {b}, patch {n}: graph key {int(keys[b, n])}, torch key {int(ours[b, n])})")
-    err = _check(relative_error(expected, logits, name), rtol, name)
-    return Verification(name, True, err, patches=int(keys.size), near_ties=int(ties.sum()),
-                        images_with_near_ties=int(ties.any(axis=1).sum()), matches_differ=int(differ.sum()))
+        if keyed:
+            actual, extras = OrtRunner(graph, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).infer_extras(x)
+            keys = extras[ops.KEYS_TENSOR]
+            ours, ties = reference.match(pixels).cpu().numpy(), reference.near_ties(pixels).cpu().numpy()
+            differ = keys != ours
+            unexplained = differ & ~ties
+            if unexplained.any() and (precision == "fp32" or unexplained.mean() > FP16_MATCHES_DIFFER):
+                b, n = map(int, np.argwhere(unexplained)[0])
+                raise VWTError(f"{name}: {int(unexplained.sum())} patch matches differ from torch away from any "
+                               f"near-tie (first: image {b}, patch {n}: graph key {int(keys[b, n])}, torch key "
+                               f"{int(ours[b, n])})")
+            expected = reference(pixels, keys=torch.from_numpy(keys).to(pixels.device)).float().cpu().numpy()
+            v.patches, v.near_ties, v.matches_differ = int(keys.size), int(ties.sum()), int(differ.sum())
+            v.images_with_near_ties = int(ties.any(axis=1).sum())
+        else:
+            actual = OrtRunner(graph).infer(x)
+            expected = reference(pixels).float().cpu().numpy()
+        clear = np.ones(len(x), dtype=bool)
+        if hasattr(reference, "decision_margins"):
+            clear = (reference.decision_margins(pixels) >= NEAR_TIE_EPS).cpu().numpy()
+            v.near_ties = v.images_with_near_ties = int((~clear).sum())
+    relative_error(expected, actual, name)  # the shapes, whatever is compared
+    v.max_rel_err = _check(relative_error(expected[clear], actual[clear], name), rtol, name) if clear.any() else 0.0
+    return v
 
 
 def check_stage_pair(tokenize: Path, trunk: Path, one_graph: Path, pixels: np.ndarray, precision: str) -> Verification:

@@ -23,7 +23,7 @@ class ToMe(Method):
         return compress_tome(model, spec.r, prop_attn=True)  # ToMe's own setting, whatever prop_attn says
 
     def graph(self, base, reference, spec):
-        return export_tome(reference, check=False)  # verified by the run, near-ties counted
+        return export_tome(reference)
 
     def settings(self, spec, reference):
         return {"r": spec.r, "prop_attn": True, "block_tokens": list(reference.block_tokens)}

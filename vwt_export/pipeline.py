@@ -147,7 +147,8 @@ def export_graphs(run: Run, cmodel, vocab) -> list[Graph]:
 
 
 def quantize(run: Run, graphs: list[Graph]) -> list[Graph]:
-    """INT8 twins (explicit Q/DQ) of the FP32 graphs, calibrated on the calibration images."""
+    """INT8 twins (explicit Q/DQ) of the FP32 graphs, calibrated on the calibration images, each measured against
+    the FP32 graph it comes from."""
     import onnx
 
     from .graph import ops, quantize as q8
@@ -175,12 +176,15 @@ def quantize(run: Run, graphs: list[Graph]) -> list[Graph]:
             del q.functions[:]
             q.functions.extend(kept)
         out.append(Graph(variant, False, save_model(q, cfg.out / variant.onnx_file())))
+    for g in out:
+        run.measure(g.path, artefacts.find(graphs, Variant(g.variant.method, "fp32")).path)
     return out
 
 
 def split_stages(run: Run, graphs: list[Graph]) -> list[Graph]:
     """Methods with stages: each of their graphs (FP32, INT8) again as tokenize + trunk, for length-aware
-    batching, each pair checked against its one graph (itself checked) on the verification images."""
+    batching, each pair against its one graph on the verification images: an FP32 pair verified, an INT8 pair
+    measured."""
     import onnx
 
     from .check.verify import check_stage_pair
@@ -195,8 +199,10 @@ def split_stages(run: Run, graphs: list[Graph]) -> list[Graph]:
         tokenize, trunk = (Graph(g.variant, False, save_model(proto, run.cfg.out / g.variant.stage_file(stage)), stage)
                            for stage, proto in zip(("tokenize", "trunk"), stages.split_stages(onnx.load(str(g.path)))))
         out += [tokenize, trunk]
-        run.verification[tokenize.path.name] = check_stage_pair(tokenize.path, trunk.path, g.path, x,
-                                                               g.variant.precision)
+        if g.variant.precision == "int8":
+            run.measure(tokenize.path, g.path, name=f"{tokenize.path.name} + {trunk.path.name}")
+        else:
+            run.verification[tokenize.path.name] = check_stage_pair(tokenize.path, trunk.path, g.path, x)
     return out
 
 

@@ -97,11 +97,16 @@ def kl_divergence(ref: np.ndarray, cand: np.ndarray) -> float:
     return float(np.mean(np.sum(p * (np.log(p + 1e-300) - np.log(q + 1e-300)), axis=-1)))
 
 
-def cosine_similarity(ref: np.ndarray, cand: np.ndarray) -> float:
-    """Mean cosine similarity of the output vectors."""
+def cosine_similarities(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each pair of output vectors (along the last axis)."""
     num = np.sum(ref * cand, -1)
     den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1)
-    return float(np.mean(num / np.maximum(den, 1e-12)))
+    return num / np.maximum(den, 1e-12)
+
+
+def cosine_similarity(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Mean cosine similarity of the output vectors."""
+    return float(np.mean(cosine_similarities(ref, cand)))
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@
     run.calibration             the first 32 calibration images (INT8 ranges)
     run.note("energy", why)     what was not measured, and why
     run.verify(path, reference, "fp32")    a graph against its torch model; an FP32 graph that is wrong stops the run
-    run.verification, run.not_measured, run.written     what the report and summary.json say
+    run.measure(int8_path, fp32_path)      a lossy graph against the graph it comes from; stops only a miswired one
+    run.verification, run.measured, run.not_measured, run.written     what the report and summary.json say
 
 The check images are held in memory once decoded (float32: 0.6 MB per 224 px image); --max-images bounds them.
 """
@@ -114,6 +115,7 @@ class ExportResult:
     report: dict | None = None  # report.json
     not_measured: list[dict[str, str]] = field(default_factory=list)
     written: list[Path] = field(default_factory=list)
+    measured: dict[str, dict] = field(default_factory=dict)  # quantized graph file -> measured against its source
 
     def graph(self, variant: str = "fp32", portable: bool = False) -> Path:
         """The file of a variant by its report name (fp32, vwt, vwt+int8, ...)."""
@@ -134,8 +136,10 @@ class Run:
     def __init__(self, cfg, model, inputs: Inputs):
         self.cfg, self.model, self.inputs = cfg, model, inputs
         self.verification: dict[str, Any] = {}  # graph file -> Verification (check/verify.py)
+        self.measured: dict[str, Any] = {}  # lossy graph file -> Measurement (check/verify.py)
         self.not_measured: list[Note] = []
         self.written: list[Path] = []
+        self._outputs: dict[Path, np.ndarray] = {}  # a graph's outputs on the verification images
 
     def note(self, what: str, why: str) -> None:
         self.not_measured.append(Note(what, why))
@@ -192,12 +196,35 @@ class Run:
         self.verification[key or path.name] = v
         return v
 
+    def outputs(self, path: Path, runner=None) -> np.ndarray:
+        """The outputs of a graph (run by `runner`, else as runtime.load runs it) on the verification images."""
+        if path not in self._outputs:
+            from ..runtime import load
+
+            self._outputs[path] = (runner or load(path))(self.verification_pixels.cpu().numpy())
+        return self._outputs[path]
+
+    def measure(self, path: Path, against: Path, name: str | None = None):
+        """A lossy graph (a quantized graph; a quantized pair: the tokenize file, run length-aware, named `name`)
+        against `against` on the verification images, recorded; only a gross failure stops the run."""
+        from ..models import is_headless
+        from .verify import measure_lossy
+
+        m = measure_lossy(name or path.name, against.name, self.outputs(against), self.outputs(path),
+                          is_headless(self.model))
+        agree = f", top-1 agreement {m.top1_agreement:.1%}" if m.top1_agreement is not None else ""
+        log.info("measured %s against %s on %d images: output cosine %.4f mean, %.4f min%s", m.file, m.against,
+                 m.images, m.cosine_mean, m.cosine_min, agree)
+        self.measured[path.name] = m
+        return m
+
     def serialised(self) -> dict[str, Any]:
-        """verification and not_measured as report.json and summary.json hold them."""
+        """verification, measured and not_measured as report.json and summary.json hold them."""
         return {"verification": {k: v.as_dict() for k, v in self.verification.items()},
+                "measured": {k: asdict(m) for k, m in self.measured.items()},
                 "not_measured": [asdict(n) for n in self.not_measured]}
 
     def result(self, graphs, engines, torch_check: dict | None, report: dict | None) -> ExportResult:
         facts = self.serialised()
         return ExportResult(self.cfg, self.cfg.out, graphs, engines, facts["verification"], torch_check, report,
-                            facts["not_measured"], self.written)
+                            facts["not_measured"], self.written, facts["measured"])

@@ -12,7 +12,10 @@ report.json, version 1:
                 tokens {mean, min, max, counts}, merge_share | null, batching (padded | length-aware (...)),
                 latency {batch: {p50_ms, p90_ms, p99_ms, mean_ms, runs, images_per_s}},
                 energy {available, reason | j_per_image_gross, j_per_image_net, ...}}}
-  verification {file: {verified, max_rel_err | reason, patches, near_ties, images_with_near_ties, matches_differ}}
+  verification {file: {verified, max_rel_err | reason, patches, near_ties, images_with_near_ties, matches_differ,
+               against (a stage pair: its one graph)}}: FP32 and FP16 graphs against torch
+  measured     {file: {file, against, images, cosine_mean, cosine_min, top1_agreement | null, max_rel_err}}:
+               quantized graphs and stage pairs against the graph they come from (check/verify.py)
   not_measured [{what, why}]
   polygraphy   {inputs, outputs: {file: reference}, commands}
   sweep        (with --sweep) {images, quality, plot, ranked: [{label, method, file, quality, tokens, latency_ms,
@@ -28,6 +31,7 @@ from typing import Any
 
 from ..atomic import atomic_path, write_text
 from ..errors import VWTError
+from .verify import FLOOR_COSINE
 
 SCHEMA, VERSION = "vwt-export/report", 1
 REQUIRED = ("schema", "version", "created", "model", "settings", "environment", "images", "variants", "not_measured")
@@ -95,17 +99,25 @@ def markdown(report: dict) -> str:
         from .sweep import markdown as sweep_markdown
 
         lines += sweep_markdown(report["sweep"])
-    checked = report.get("verification") or {}
-    if checked:
+    checked, measured = report.get("verification") or {}, report.get("measured") or {}
+    if checked or measured:
         lines += ["Graphs verified against torch on the same images (matches compared exactly except at near-ties, "
-                  "where two words or the threshold are within a hair; those are counted, never errors):", ""]
+                  "where two words or the threshold are within a hair; those are counted, never errors). Quantized "
+                  "graphs are lossy: measured against the graph they come from, they stop a run only under the floor "
+                  f"of a miswired graph (mean output cosine {FLOOR_COSINE}, NaN or Inf, another shape):", ""]
         for file, c in checked.items():
             if c["verified"]:
                 ties = (f"; {c['near_ties']} near-tie patches in {c['images_with_near_ties']} images, "
                         f"{c['matches_differ']} matched differently" if c.get("patches") else "")
-                lines.append(f"- `{file}`: max relative error {c['max_rel_err']:.1e}{ties}")
+                lines.append(f"- `{file}`: verified against {c.get('against') or 'torch'}: max relative error "
+                             f"{c['max_rel_err']:.1e}{ties}")
             else:
                 lines.append(f"- `{file}`: not verified: {c['reason']}")
+        for m in measured.values():
+            agree = f", top-1 agreement {m['top1_agreement']:.1%}" if m["top1_agreement"] is not None else ""
+            lines.append(f"- `{m['file']}`: measured against {m['against']} on {m['images']} images: output cosine "
+                         f"{m['cosine_mean']:.4f} mean, {m['cosine_min']:.4f} min{agree} (max relative error "
+                         f"{m['max_rel_err']:.1e})")
         lines.append("")
     lines += ["Not measured:", ""] + [f"- {x['what']}: {x['why']}" for x in report["not_measured"]] + [""]
     pg = report.get("polygraphy")
@@ -258,7 +270,7 @@ def write_summary(run, cmodel, vocab, result) -> Path:
         "settings": _settings(cfg, cmodel, vocab),
         "versions": {"vwt_export": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
-        "onnx": result.verification, "near_ties": result.near_ties,
+        "onnx": result.verification, "measured": result.measured, "near_ties": result.near_ties,
         "engines": {v.name: {"file": p.name, "from": json.loads(Path(f"{p}.json").read_text())["onnx"]["file"]}
                     for v, p in result.engines.items()},
         "not_measured": result.not_measured,

@@ -19,8 +19,7 @@ from .check.context import ExportResult
 from .pipeline import export
 from .methods import compress
 from .vwt import CompressedViT, Vocabulary, learn_vocabulary
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["CompressedViT", "ExportConfig", "ExportResult", "VWTError", "export", "Vocabulary", "compress", "learn_vocabulary", "load_model", "methods", "model_cards", "runtime",
            "__version__"]

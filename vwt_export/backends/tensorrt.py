@@ -36,6 +36,7 @@ import numpy as np
 from ..atomic import atomic_path, write_text
 from ..errors import VWTError
 from ..plugins import trt_plugin_library
+from ..version import __version__
 from .base import Runner
 
 SIDECAR_FORMAT, SIDECAR_VERSION = "vwt-export/engine", 1
@@ -245,8 +246,6 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 
 
 def make_sidecar(onnx_path: Path, settings: BuildSettings, trt, flavour: str) -> dict:
-    from .. import __version__
-
     gpu = settings.compute_capability and {"name": None, "compute_capability": settings.compute_capability.upper()}
     return {
         "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION,

@@ -222,7 +222,7 @@ def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: di
     import timm
     import torch
 
-    from .. import __version__
+    from ..version import __version__
     from ..models import is_headless
 
     cfg, model = run.cfg, run.model
@@ -262,7 +262,7 @@ def write_summary(run, cmodel, vocab, result) -> Path:
     import timm
     import torch
 
-    from .. import __version__
+    from ..version import __version__
 
     cfg = run.cfg
     summary = {

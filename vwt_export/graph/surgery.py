@@ -13,9 +13,10 @@ Inter mode inserts the matching in standard ops (normalise, MatMul "vwt/similari
 words, ArgMax/ReduceMax, Where) whose keys (the tensor "vwt/keys") feed one vwt::TokenMerge node (ops v2).
 
 Each pass is a function registered on gs.Graph and ends in cleanup().toposort(), as in onnx-graphsurgeon's
-examples. `inter_graph` and `intra_graph` chain them for the methods registry (vwt_export.methods), which passes
-checked options and what its torch model derived from them (normalised words, grid_w); `apply_vwt` does the same
-by mode name from raw words, for callers without a torch model.
+examples. `token_pass` is the frame of a method's graph pass (find the sequence, insert, export); `inter_graph` and
+`intra_graph` are the passes of the methods registry (vwt_export.methods), which passes checked options and what
+its torch model derived from them (normalised words, grid_w); `apply_vwt` does the same by mode name from raw
+words, for callers without a torch model.
 """
 
 from __future__ import annotations
@@ -391,8 +392,10 @@ def vwt_forget_shapes(self: gs.Graph) -> None:
     self.cleanup().toposort()
 
 
-def _surgery(model: onnx.ModelProto, insert) -> onnx.ModelProto:
-    """Find the token sequence, let `insert(graph, site)` compress it, and export the result."""
+def token_pass(model: onnx.ModelProto, insert) -> onnx.ModelProto:
+    """The baseline model with its token sequence compressed by `insert(graph, site)`: a pass that adds nodes
+    reading `site.tokens` and redirects the blocks to its output (replace_uses). The frame of every method's
+    graph pass: the sequence found by structure, its length checked to be dynamic, stale shapes dropped after."""
     graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))  # static shapes locate the sequence
     site = graph.vwt_find_tokens()
     graph.vwt_check_dynamic_sequence(site)
@@ -423,13 +426,13 @@ def inter_graph(model: onnx.ModelProto, unit_words: np.ndarray, threshold: float
 
     `pooling` is the model's global pool ('token', 'avg', 'max', 'avgmax'); when it averages, the pass that
     weights the pooling by token size must have found the reduction, or the result would be wrong."""
-    return _surgery(model, lambda graph, site: _insert_inter(graph, site, unit_words, threshold, space, grid_w,
-                                                             prop_attn, pooling))
+    return token_pass(model, lambda graph, site: _insert_inter(graph, site, unit_words, threshold, space, grid_w,
+                                                               prop_attn, pooling))
 
 
 def intra_graph(model: onnx.ModelProto, keep: int, *, space: str = "image") -> onnx.ModelProto:
     """The baseline model -> the intra-mode VWT model, keeping `keep` patches (a count) in standard ops."""
-    return _surgery(model, lambda graph, site: graph.vwt_insert_intra(site, keep, space))
+    return token_pass(model, lambda graph, site: graph.vwt_insert_intra(site, keep, space))
 
 
 def apply_vwt(model: onnx.ModelProto, mode: str, *, vocab: np.ndarray | None = None, threshold: float = 0.1,
@@ -441,7 +444,7 @@ def apply_vwt(model: onnx.ModelProto, mode: str, *, vocab: np.ndarray | None = N
         if vocab is None:
             raise VWTError("inter mode needs a vocabulary")
         words = unit_vocabulary(vocab)
-        return _surgery(model, lambda graph, site: _insert_inter(
+        return token_pass(model, lambda graph, site: _insert_inter(
             graph, site, words, threshold, space, grid_width(grouping, site.grid), prop_attn, pooling))
     if mode == "intra":
         if keep is None:

@@ -16,7 +16,8 @@ import onnx
 import torch
 
 from ..errors import VWTError
-from .export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, _version
+from ..version import __version__
+from .export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME
 
 
 META_BLOCK_TOKENS, META_R, META_PROP_ATTN = "vwt.tome.block_tokens", "vwt.tome.r", "vwt.tome.prop_attn"
@@ -64,7 +65,7 @@ def export_tome(tome_model: torch.nn.Module, opset: int = DEFAULT_OPSET, exporte
             proto = onnx.load_from_string(buf.getvalue())
         else:
             raise VWTError(f"unknown exporter '{exporter}' (use dynamo or torchscript)")
-    proto.producer_name, proto.producer_version = "vwt-export", _version()
+    proto.producer_name, proto.producer_version = "vwt-export", __version__
     onnx.helper.set_model_props(proto, schedule_metadata(tome_model))
     onnx.checker.check_model(proto)
     return proto

@@ -17,10 +17,11 @@ import torch.nn as nn
 
 from .. import models as _models
 from ..errors import VWTError
+from ..heads import forward_head
 from .features import flatten_patch_tokens, image_patches, check_image_size
 from .inter import grid_width, match_keys, near_ties, normalized_words
 from .intra import keep_indices, resolve_keep, select_tokens
-from .merge import attention_bias, pool_tokens, token_merge
+from .merge import attention_bias, token_merge
 from .vocab import Vocabulary
 
 MODES = ("none", "intra", "inter")
@@ -132,16 +133,8 @@ class CompressedViT(nn.Module):
 
     @torch.no_grad()
     def forward_head(self, x: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
-        m = self.model
-        if sizes is None or (m.attn_pool is None and m.global_pool in ("token", "")):
-            return m.forward_head(x)  # prefix tokens are untouched, so the model's own head is exact
-        if m.attn_pool is not None:
-            if not m.pool_include_prefix:
-                x, sizes = x[:, self.num_prefix:], sizes[:, self.num_prefix:]
-            pooled = m.attn_pool(x, attn_mask=attention_bias(sizes, self.prop_attn, x.dtype))
-        else:
-            pooled = pool_tokens(x, sizes, m.global_pool, self.num_prefix, m.pool_include_prefix)
-        return m.head(m.head_drop(m.fc_norm(pooled)))
+        return forward_head(self.model, x, sizes, self.num_prefix,
+                            lambda s: attention_bias(s, self.prop_attn, x.dtype))
 
     def forward(self, pixels: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         """pixels -> logits; in inter mode, given `keys` [B, N] replace matching (to compare the continuous part

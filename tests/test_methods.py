@@ -47,7 +47,7 @@ def test_defaults_come_from_the_registry_and_other_methods_defaults_are_harmless
         ("tome", {"r": 2, "prop_attn": False}), ("tome", {"r": 3, "prop_attn": False})]
 
 
-def test_an_option_is_declared_once():
+def test_an_option_is_declared_once(scratch_registry):
     from vwt_export.methods.options import Option
 
     class Copycat(methods.Method):
@@ -116,12 +116,36 @@ class DropEveryOther(methods.Method):
 
 
 @pytest.fixture
-def toy(monkeypatch):
-    """The toy registered for one test (the registry restored after it)."""
+def scratch_registry(monkeypatch):
+    """Methods registered in a test stay in it (the registry is restored after)."""
     monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
     monkeypatch.setattr(registry, "_OPTIONS", dict(registry._OPTIONS))
+
+
+@pytest.fixture
+def toy(scratch_registry):
     methods.register(DropEveryOther)
     return DropEveryOther
+
+
+def test_a_method_may_take_other_methods_options(scratch_registry):
+    """A hybrid takes inter's options and ToMe's r: the same Option objects, so the same checks."""
+    from vwt_export.methods.inter import Inter
+    from vwt_export.methods.tome import R
+
+    @methods.register
+    class Both(methods.Method):
+        name = "both"
+        options = (*Inter.options, R)
+        sweep_keys = ("r",)
+
+    spec = methods.spec("both", threshold=0.2, grouping="local", r="4")
+    assert dict(spec.values) == {"threshold": 0.2, "grouping": "local", "space": None, "r": 4, "prop_attn": False}
+    with pytest.raises(vx.VWTError, match=re.escape("threshold=2.5 is out of range: cosine distance lies in [0, 2]")):
+        methods.spec("both", threshold=2.5)
+    with pytest.raises(vx.VWTError, match="grouping='local' applies to inter and both modes only, not 'intra'"):
+        methods.spec("intra", grouping="local")
+    assert [m.name for m in methods.swept({"r": (2,)})] == ["tome", "both"]
 
 
 def test_a_new_method_is_one_module_exported_verified_measured_and_reported(toy, tmp_path):

@@ -133,6 +133,9 @@ class ExportResult:
 
 
 class Run:
+    """One export's shared state: the config, the uncompressed model, the inputs, the images decoded from them
+    (once, on first use), and what the stages verified, measured, did not measure and wrote."""
+
     def __init__(self, cfg, model, inputs: Inputs):
         self.cfg, self.model, self.inputs = cfg, model, inputs
         self.verification: dict[str, Any] = {}  # graph file -> Verification (check/verify.py)
@@ -196,12 +199,12 @@ class Run:
         self.verification[key or path.name] = v
         return v
 
-    def outputs(self, path: Path, runner=None) -> np.ndarray:
-        """The outputs of a graph (run by `runner`, else as runtime.load runs it) on the verification images."""
+    def outputs(self, path: Path) -> np.ndarray:
+        """A graph's outputs on the verification images, run as runtime.load runs it (once per graph)."""
         if path not in self._outputs:
             from ..runtime import load
 
-            self._outputs[path] = (runner or load(path))(self.verification_pixels.cpu().numpy())
+            self._outputs[path] = load(path)(self.verification_pixels.cpu().numpy())
         return self._outputs[path]
 
     def measure(self, path: Path, against: Path, name: str | None = None):

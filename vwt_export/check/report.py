@@ -103,8 +103,9 @@ def markdown(report: dict) -> str:
     if checked or measured:
         lines += ["Graphs verified against torch on the same images (matches compared exactly except at near-ties, "
                   "where two words or the threshold are within a hair; those are counted, never errors). Quantized "
-                  "graphs are lossy: measured against the graph they come from, they stop a run only under the floor "
-                  f"of a miswired graph (mean output cosine {FLOOR_COSINE}, NaN or Inf, another shape):", ""]
+                  "graphs are lossy: measured against the graph they come from, they stop a run only where only a "
+                  f"miswired graph goes (a mean output cosine under {FLOOR_COSINE}, NaN or Inf, another output "
+                  "shape):", ""]
         for file, c in checked.items():
             if c["verified"]:
                 ties = (f"; {c['near_ties']} near-tie patches in {c['images_with_near_ties']} images, "
@@ -222,8 +223,8 @@ def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: di
     import timm
     import torch
 
-    from ..version import __version__
     from ..models import is_headless
+    from ..version import __version__
 
     cfg, model = run.cfg, run.model
     report = {

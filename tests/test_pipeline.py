@@ -37,7 +37,7 @@ def test_the_readme_example_runs_as_pasted(tmp_path):
     ({"threshold": 2.5}, "threshold=2.5 is out of range"),
     ({"mode": "intra", "keep": 1.5}, "keep=1.5 is out of range"),
     ({"mode": "intra", "keep": "lots"}, "--keep lots"),
-    ({"mode": "intra", "grouping": "local"}, "grouping='local' merges matched words"),
+    ({"mode": "intra", "grouping": "local"}, "grouping='local' applies to inter mode only, not 'intra'"),
     ({"mode": "fancy"}, "mode='fancy' is not one of none, intra, inter"),
     ({"vocab_size": 0}, "vocab_size=0"),
     ({"batches": "0,8"}, "batch sizes"),
@@ -154,7 +154,8 @@ def test_a_sweep_ranks_every_setting_on_the_same_images(tmp_path):
 
 
 def test_pareto_front_and_sweep_parsing():
-    from vwt_export.check.sweep import pareto_front, parse
+    from vwt_export.check.sweep import pareto_front
+    from vwt_export.methods import parse_sweep as parse
 
     assert pareto_front([(10, 0.9), (5, 0.95), (7, 0.99), (3, 0.5), (8, 0.98)]) == [3, 1, 2]
     assert parse(["threshold=0.05,0.1", "r=8", "keep=0.5,147"]) == {"threshold": (0.05, 0.1), "r": (8,),

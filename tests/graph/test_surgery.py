@@ -151,8 +151,6 @@ def test_custom_op_form_equals_the_portable_form(op_library):
 def test_bad_grouping_or_vocabulary_is_a_clear_error():
     model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=64, depth=1)
     base = export_model(model)
-    with pytest.raises(vx.VWTError, match="grouping='local' applies to inter mode only"):
-        apply_vwt(base, "intra", keep=4, grouping="local")
     with pytest.raises(vx.VWTError, match="unknown grouping 'nearby'"):
         apply_vwt(base, "inter", vocab=np.ones((4, 768), np.float32), grouping="nearby")
     with pytest.raises(vx.VWTError, match="words have shape \\(588,\\).*image-space patch features have 768"):

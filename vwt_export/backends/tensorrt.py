@@ -1,7 +1,7 @@
 """TensorRT engines: build from the ONNX files, describe them in a JSON sidecar, load them back safely.
 
     build_engine("OUT/model.vwt.onnx", "OUT/model.vwt.fp32.engine", BuildSettings(precision="fp32", batches=[1, 8]))
-    f = vwt_export.runtime.load("OUT/model.vwt.fp32.engine")     # checks the sidecar first; f(pixels) -> logits
+    f = vwt_export.runtime.load("OUT/model.vwt.fp32.engine")     # an EngineRunner: checks the sidecar first; f(pixels) -> logits
 
 Networks are strongly typed, so an engine's precision is its graph's: FP32 engines from the FP32 graphs, FP16
 engines from the float16 graphs (model.fp16.onnx, model.vwt.fp16.onnx), INT8 engines from the explicit Q/DQ
@@ -16,7 +16,7 @@ plugin must exist: without it the parser aborts the whole process, so its absenc
 
 Verified in this project: building FP32, FP16 and INT8 engines for SM80 and SM89 with TensorRT-RTX 1.7 on a
 CPU-only machine from the baseline, portable and plugin graphs (tests/backends/test_tensorrt.py), and the
-sidecar checks. Not verified (no TensorRT GPU machine was available): running engines (`load_engine`) and the
+sidecar checks. Not verified (no TensorRT GPU machine was available): running engines (`EngineRunner`) and the
 plugin's enqueue, TensorRT 10/11 proper.
 """
 
@@ -29,13 +29,15 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_path, write_text
 from ..errors import VWTError
 from ..plugins import trt_plugin_library
+from ..version import __version__
+from .base import Runner
 
 SIDECAR_FORMAT, SIDECAR_VERSION = "vwt-export/engine", 1
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -244,8 +246,6 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 
 
 def make_sidecar(onnx_path: Path, settings: BuildSettings, trt, flavour: str) -> dict:
-    from .. import __version__
-
     gpu = settings.compute_capability and {"name": None, "compute_capability": settings.compute_capability.upper()}
     return {
         "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION,
@@ -306,51 +306,60 @@ def check_sidecar(sidecar: dict, running: dict, engine: str = "engine") -> None:
                        f"{str(running.get('plugin_sha256'))[:12]}); rebuild the engine or use the library it was built with")
 
 
-def load_engine(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
-    """A callable f(pixels float32 [B, C, H, W]) -> logits for a vwt-export engine. UNVERIFIED (no GPU here)."""
-    sidecar = read_sidecar(path)
-    trt, flavour = import_tensorrt()
-    plugin = sidecar.get("plugin_library")
-    plugin_path = None
-    if plugin:
-        plugin_path = str(trt_plugin_library())
-        load_plugin(trt, plugin_path)
-    running = {"tensorrt": {"flavour": flavour, "version": trt.__version__}, "gpu": current_gpu(),
-               "plugin_sha256": sha256(plugin_path) if plugin_path else None}
-    check_sidecar(sidecar, running, str(path))
-    import torch
+class EngineRunner(Runner):
+    """A vwt-export engine on this GPU, its JSON sidecar checked first. runner(pixels float32 [B, C, H, W]) ->
+    logits; a trunk engine takes (tokens, sizes), as LengthAwareRunner's trunk. UNVERIFIED (no GPU here)."""
 
-    logger = _logger(trt)
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
-    if engine is None:
-        raise VWTError(f"{path}: corrupt or truncated engine; rebuild it with vwt-export")
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    kind = "tensorrt"
 
-    def run(*arrays: np.ndarray) -> np.ndarray:
-        """f(pixels) -> logits; a trunk engine: f(tokens, sizes) -> logits (runtime.length_aware's trunk)."""
-        if len(arrays) != len(inputs):
-            raise VWTError(f"{path}: the engine takes {len(inputs)} inputs ({', '.join(inputs)}), got {len(arrays)}")
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(str(path))
+        sidecar = read_sidecar(path)
+        trt, flavour = import_tensorrt()
+        plugin = sidecar.get("plugin_library")
+        plugin_path = None
+        if plugin:
+            plugin_path = str(trt_plugin_library())
+            load_plugin(trt, plugin_path)
+        running = {"tensorrt": {"flavour": flavour, "version": trt.__version__}, "gpu": current_gpu(),
+                   "plugin_sha256": sha256(plugin_path) if plugin_path else None}
+        check_sidecar(sidecar, running, str(path))
+        # TensorRT objects must outlive their users: the runner keeps them
+        self.logger = _logger(trt)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise VWTError(f"{path}: corrupt or truncated engine; rebuild it with vwt-export")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.sidecar = sidecar
+
+    def infer(self, *arrays: np.ndarray) -> np.ndarray:
+        import torch
+
+        if len(arrays) != len(self.inputs):
+            raise VWTError(f"{self.name}: the engine takes {len(self.inputs)} inputs ({', '.join(self.inputs)}), "
+                           f"got {len(arrays)}")
         keep = []
-        for name, array in zip(inputs, arrays):
+        for name, array in zip(self.inputs, arrays):
             x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).cuda()
-            if not context.set_input_shape(name, tuple(x.shape)):
-                raise VWTError(f"{path}: input {name} of shape {tuple(x.shape)} is outside the engine's optimisation "
-                               "profile (rebuild it with the batch sizes you run: --batch)")
-            context.set_tensor_address(name, x.data_ptr())
+            if not self.context.set_input_shape(name, tuple(x.shape)):
+                raise VWTError(f"{self.name}: input {name} of shape {tuple(x.shape)} is outside the engine's "
+                               "optimisation profile (rebuild it with the batch sizes you run: --batch)")
+            self.context.set_tensor_address(name, x.data_ptr())
             keep.append(x)
         out = {}
-        for n in outputs:
-            out[n] = torch.empty(tuple(context.get_tensor_shape(n)), dtype=torch.float32, device="cuda")
-            context.set_tensor_address(n, out[n].data_ptr())
+        for n in self.outputs:
+            out[n] = torch.empty(tuple(self.context.get_tensor_shape(n)), dtype=torch.float32, device="cuda")
+            self.context.set_tensor_address(n, out[n].data_ptr())
         stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise VWTError(f"{path}: TensorRT failed to run the engine")
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise VWTError(f"{self.name}: TensorRT failed to run the engine")
         stream.synchronize()
-        return out[outputs[0]].cpu().numpy()
+        return out[self.outputs[0]].cpu().numpy()
 
-    run.tensorrt = (logger, runtime, engine, context)  # TensorRT objects must outlive their users: keep them with it
-    return run
+    @property
+    def metadata(self) -> dict:
+        return {**super().metadata, "inputs": self.inputs, "outputs": self.outputs, "sidecar": self.sidecar}

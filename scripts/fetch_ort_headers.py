@@ -51,31 +51,31 @@ def get(url: str) -> bytes:
         return r.read()
 
 
-def verified_packages_index(base: str) -> bytes:
-    rel = f"main/binary-amd64/Packages.xz"
-    index = get(f"{base}/dists/{SUITE}/{rel}")
-    inrelease = get(f"{base}/dists/{SUITE}/InRelease")
+def verified_packages_index(base: str, suite: str = SUITE) -> bytes:
+    rel = "main/binary-amd64/Packages.xz"
+    index = get(f"{base}/dists/{suite}/{rel}")
+    inrelease = get(f"{base}/dists/{suite}/InRelease")
     if KEYRING.is_file() and shutil.which("gpgv"):
         with tempfile.NamedTemporaryFile() as f:
             f.write(inrelease)
             f.flush()
             r = subprocess.run(["gpgv", "--keyring", str(KEYRING), f.name], capture_output=True)
             if r.returncode != 0:
-                raise SystemExit(f"error: the {SUITE} InRelease signature does not verify:\n{r.stderr.decode()}")
+                raise SystemExit(f"error: the {suite} InRelease signature does not verify:\n{r.stderr.decode()}")
     else:
         print("warning: gpgv or Debian's keyring is missing; the index signature is not checked", file=sys.stderr)
     sha = hashlib.sha256(index).hexdigest()
     listed = re.search(rf"^ ([0-9a-f]{{64}})\s+\d+\s+{re.escape(rel)}$", inrelease.decode(errors="replace"), re.M)
     if not listed or listed.group(1) != sha:
-        raise SystemExit(f"error: {rel} does not match the SHA256 in {SUITE}'s InRelease")
+        raise SystemExit(f"error: {rel} does not match the SHA256 in {suite}'s InRelease")
     return lzma.decompress(index)
 
 
-def package_entry(index: bytes) -> dict[str, str]:
+def package_entry(index: bytes, package: str = PACKAGE, suite: str = SUITE) -> dict[str, str]:
     for stanza in index.decode(errors="replace").split("\n\n"):
-        if re.search(rf"^Package: {PACKAGE}$", stanza, re.M):
+        if re.search(rf"^Package: {re.escape(package)}$", stanza, re.M):
             return dict(re.findall(r"^(\w[\w-]*): (.*)$", stanza, re.M))
-    raise SystemExit(f"error: {PACKAGE} is not in Debian {SUITE}")
+    raise SystemExit(f"error: {package} is not in Debian {suite}")
 
 
 def ar_members(data: bytes) -> dict[str, bytes]:

@@ -103,7 +103,8 @@ def _sweep_help() -> str:
 @click.argument("model")
 @click.option("--mode", type=click.Choice(methods.names()), default="inter", show_default=True, help=_methods_help())
 @click.option("--weights", default=None, help="pretrained (timm hub/cache), random, or a checkpoint path "
-              "(.pth/.pt/.safetensors)  [default: pretrained; random with --demo]")
+              "(.pth/.pt/.bin/.safetensors, timm's or Hugging Face transformers' names, or a save_pretrained "
+              "folder)  [default: pretrained; random with --demo]")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
               help="extra timm.create_model argument, repeatable (e.g. img_size=384, num_classes=10)")
 @click.option("--calib", type=click.Path(path_type=Path), help="folder of calibration images; learns the vocabulary")

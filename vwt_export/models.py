@@ -6,7 +6,9 @@ timm name. Any other timm VisionTransformer-family name works too; extra keyword
 
 Weights are one of:
   "pretrained"  timm's hub download or local cache (HF_HUB_OFFLINE=1 uses the cache only),
-  a file path   .pth / .pt / .safetensors, a plain state dict or one wrapped as timm/DeiT trainers save it,
+  a file path   .pth / .pt / .bin / .safetensors, a plain state dict or one wrapped as timm/DeiT trainers save it,
+                in timm's naming or Hugging Face transformers' (ViT, DeiT, DINOv2; see hf_weights.py), or a
+                folder written by transformers' save_pretrained,
   "random"      timm's seeded initialisation; results are then meaningless for accuracy and reports say so.
 """
 
@@ -16,6 +18,7 @@ import contextlib
 import difflib
 import functools
 import importlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,10 @@ from typing import Any
 import torch
 import yaml
 
+from . import hf_weights
 from .errors import VWTError
+
+log = logging.getLogger(__name__)
 
 _CARD_DIRS = (
     Path(__file__).parent / "model_cards",  # inside a wheel
@@ -163,12 +169,16 @@ def _create_pretrained(timm_name: str, timm_kwargs: dict) -> torch.nn.Module:
 
 
 _WRAPPER_KEYS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")
+_PRETRAINED_FILES = ("model.safetensors", "pytorch_model.bin")  # what transformers' save_pretrained writes
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file into a flat state dict, unwrapping trainer formats."""
+    """Read a checkpoint file (or a save_pretrained folder) into a flat state dict, unwrapping trainer formats."""
+    if path.is_dir():
+        path = next((path / n for n in _PRETRAINED_FILES if (path / n).is_file()), path)
     if not path.is_file():
-        raise VWTError(f"{path}: no such checkpoint file; pass --weights pretrained, random or a .pth/.safetensors file")
+        raise VWTError(f"{path}: no such checkpoint file; pass --weights pretrained, random or a "
+                       ".pth/.bin/.safetensors file (or a save_pretrained folder holding one)")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -197,6 +207,15 @@ def _is_state_dict(d: dict) -> bool:
 
 def _load_checkpoint(model: torch.nn.Module, path: Path, timm_name: str) -> None:
     sd = read_state_dict(path)
+    found = hf_weights.naming(sd)
+    log.info("%s: %s naming", path.name, found)
+    if found != "timm":
+        try:
+            sd, notes = hf_weights.to_timm(sd, model)
+        except VWTError as e:
+            raise VWTError(f"{path}: {e}") from None
+        for note in notes:
+            log.info("%s: %s", path.name, note)
     errors = _try_load(model, sd)
     if errors:
         # Original (non-timm) DeiT/ViT checkpoints need timm's key conversion; try it before giving up.

@@ -41,6 +41,10 @@ from typing import Callable
 
 import torch
 
+# Where the kernels' buffers live. tests/test_gpu_check.py rehearses the kernel drivers on the CPU (a stand-in
+# library with the same C interface, torch.cuda's streams and graphs stood in for) with DEVICE = "cpu".
+DEVICE = "cuda"
+
 # The first timm whose ViT blocks take attn_mask= (vwt_export/vwt/model.py passes it; timm 1.0.15's
 # Block.forward(x) has no such argument).
 TIMM_MIN = (1, 0, 16)
@@ -233,7 +237,7 @@ class Kernels:
             raise CheckError(f"{fn}: {self.lib.vwt_cuda_last_error().decode()}")
 
     def workspace(self, B: int, N: int) -> torch.Tensor:
-        return torch.empty(self.lib.vwt_cuda_workspace_size(B, N), dtype=torch.uint8, device="cuda")
+        return torch.empty(self.lib.vwt_cuda_workspace_size(B, N), dtype=torch.uint8, device=DEVICE)
 
     def poison(self, ws: torch.Tensor) -> None:
         """Scratch as a careless allocator leaves it: all 0xFF bytes (NaN floats, -1 integers) or random bytes,
@@ -257,17 +261,25 @@ class Kernels:
 Result = tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]  # keys used, merged, sizes, length (on the CPU)
 
 
+def on_device(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(DEVICE, copy=True) for t in tensors)  # copies, also where DEVICE is the CPU
+
+
+def to_host(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to("cpu", copy=True) for t in tensors)  # copies: the graph path replays into the same buffers
+
+
 def nan_like(shape, dtype) -> torch.Tensor:
-    return torch.full(shape, float("nan"), dtype=dtype, device="cuda")
+    return torch.full(shape, float("nan"), dtype=dtype, device=DEVICE)
 
 
 def run_ort(k: Kernels, case: Case, tokens: torch.Tensor, keys: torch.Tensor, stream) -> list[Result]:
     B, N, D, P = case.B, case.N, case.D, case.P
     with torch.cuda.stream(stream):
-        tc, kc = tokens.cuda(), keys.cuda()
+        tc, kc = on_device(tokens, keys)
         ws = k.workspace(B, N)
         k.poison(ws)
-        length = torch.full((1,), -7, dtype=torch.int64, device="cuda")
+        length = torch.full((1,), -7, dtype=torch.int64, device=DEVICE)
         k.groups(kc, B, N, P, case.grid_w, ws, length, stream.cuda_stream)
         L = int(length.item())  # the ONNX Runtime op's one host synchronisation
         if not P <= L <= P + N:
@@ -275,7 +287,7 @@ def run_ort(k: Kernels, case: Case, tokens: torch.Tensor, keys: torch.Tensor, st
         merged, sizes = nan_like((B, L, D), tokens.dtype), nan_like((B, L), torch.float32)
         k.rows(tc, B, N, P, D, L - P, ws, merged, sizes, stream.cuda_stream)
         stream.synchronize()
-        return [(keys, merged.cpu(), sizes.cpu(), L)]
+        return [(keys, *to_host(merged, sizes), L)]
 
 
 def read_trt(case: Case, merged: torch.Tensor, sizes: torch.Tensor, length: torch.Tensor) -> tuple:
@@ -285,16 +297,16 @@ def read_trt(case: Case, merged: torch.Tensor, sizes: torch.Tensor, length: torc
         raise CheckError(f"length {L} outside [P, P+N] = [{P}, {P + N}]")
     if not tail_untouched(merged, sizes, B, L, D):
         raise CheckError(f"wrote past B x length = {B} x {L} rows of the buffers sized for P+N = {P + N}")
-    return merged[: B * L * D].reshape(B, L, D).cpu(), sizes[: B * L].reshape(B, L).cpu(), L
+    return (*to_host(merged[: B * L * D].reshape(B, L, D), sizes[: B * L].reshape(B, L)), L)
 
 
 def run_trt(k: Kernels, case: Case, tokens: torch.Tensor, keys: torch.Tensor, stream) -> list[Result]:
     B, N, D, P = case.B, case.N, case.D, case.P
     with torch.cuda.stream(stream):
-        tc, kc = tokens.cuda(), keys.cuda()
+        tc, kc = on_device(tokens, keys)
         ws = k.workspace(B, N)
         k.poison(ws)
-        length = torch.full((1,), -7, dtype=torch.int64, device="cuda")
+        length = torch.full((1,), -7, dtype=torch.int64, device=DEVICE)
         merged, sizes = nan_like((B * (P + N) * D,), tokens.dtype), nan_like((B * (P + N),), torch.float32)
         k.groups(kc, B, N, P, case.grid_w, ws, length, stream.cuda_stream)  # no host sync between the phases
         k.rows(tc, B, N, P, D, -1, ws, merged, sizes, stream.cuda_stream)
@@ -308,9 +320,9 @@ def run_trt_graph(k: Kernels, case: Case, tokens: torch.Tensor, keys: torch.Tens
     reversed along N (other groups, another M read on the device), scratch and outputs poisoned before each."""
     B, N, D, P = case.B, case.N, case.D, case.P
     with torch.cuda.stream(stream):
-        tc, kc = tokens.cuda(), keys.cuda()
+        tc, kc = on_device(tokens, keys)
         ws = k.workspace(B, N)
-        length = torch.full((1,), -7, dtype=torch.int64, device="cuda")
+        length = torch.full((1,), -7, dtype=torch.int64, device=DEVICE)
         merged, sizes = nan_like((B * (P + N) * D,), tokens.dtype), nan_like((B * (P + N),), torch.float32)
     stream.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -379,10 +391,10 @@ def check_two_streams(k: Kernels, rounds: int = 4) -> tuple[bool, str]:
         for case, s in zip(cases if r % 2 == 0 else cases[::-1], streams):
             B, N, D, P = case.B, case.N, case.D, case.P
             with torch.cuda.stream(s):
-                tc, kc = inputs[case][0].cuda(), inputs[case][1].cuda()
+                tc, kc = on_device(*inputs[case])
                 ws = k.workspace(B, N)
                 k.poison(ws)
-                length = torch.full((1,), -7, dtype=torch.int64, device="cuda")
+                length = torch.full((1,), -7, dtype=torch.int64, device=DEVICE)
                 merged, sizes = nan_like((B * (P + N) * D,), tc.dtype), nan_like((B * (P + N),), torch.float32)
             state.append((case, s, tc, kc, ws, length, merged, sizes))
         torch.cuda.synchronize()  # inputs ready; from here on nothing waits until both streams are done
@@ -443,7 +455,7 @@ def run_kernels(args) -> int:
         print("error: no CUDA GPU visible to torch; run the kernel checks on the GPU machine")
         return 2
     k = Kernels(args.library)
-    log = open(args.log, "w") if args.log else None
+    log = open(args.log, "w", buffering=1) if args.log else None  # line by line: a timeout loses no line
 
     def record(line: str) -> None:
         if log:
@@ -467,7 +479,8 @@ def run_kernels(args) -> int:
             broken = context_broken()
         for i, (ok, why, err) in enumerate(results):
             tag = case.path + (f" replay {i + 1}" if case.path == "trt-graph" else "")
-            line = f"{case.name} {tag}: " + (f"OK (max |error| {err:.3g})" if ok else f"MISMATCH {why}")
+            line = f"{case.name} {tag}: " + (f"OK (max |error| {err:.3g})" if ok else
+                                              why if why.startswith("ERROR") else f"MISMATCH {why}")
             record(line)
             c = counts[case.path]
             if case.shared_keys:
@@ -486,7 +499,7 @@ def run_kernels(args) -> int:
             break
     for p, c in counts.items():
         if c["ok"] + c["bad"]:
-            print(f"  {p:9s}: {c['ok'] + c['bad']} checks, {c['ok']} OK, {c['bad']} MISMATCH; max |error| float32 "
+            print(f"  {p:9s}: {c['ok'] + c['bad']} checks, {c['ok']} OK, {c['bad']} failed; max |error| float32 "
                   f"{c['float32']:.3g}, float16 {c['float16']:.3g}")
     extra = []
     if not broken and args.subset != "tiny":
@@ -531,9 +544,9 @@ def run_canary(args) -> int:
     case = Case(2, 196, 64, 1, 0, "distinct", "float32", "ort", 14)
     B, N, D, P = case.B, case.N, case.D, case.P
     tokens, keys = case.inputs()
-    tc, kc = tokens.cuda(), keys.cuda()
+    tc, kc = on_device(tokens, keys)
     ws = k.workspace(B, N)
-    length = torch.full((1,), -7, dtype=torch.int64, device="cuda")
+    length = torch.full((1,), -7, dtype=torch.int64, device=DEVICE)
     s = torch.cuda.current_stream().cuda_stream
     k.groups(kc, B, N, P, case.grid_w, ws, length, s)
     L = int(length.item())
@@ -591,19 +604,36 @@ class Idle:
         return not self.reason
 
 
+class Reader:
+    """Reads of a counter, each bracketed by the clock: a change seen by one read happened after the previous
+    read began and before this one ended, so its time is known to within half that span."""
+
+    def __init__(self, counter: NvmlCounter, clock: Callable[[], float]):
+        self.counter, self.clock = counter, clock
+        self.begun = self.ended = clock()
+        self.value = counter.read_mj()
+
+    def read(self) -> tuple[bool, float, float]:
+        """(changed, when, +- how much)."""
+        before, last = self.begun, self.value
+        self.begun = self.clock()
+        self.value = self.counter.read_mj()
+        self.ended = self.clock()
+        return self.value != last, (before + self.ended) / 2, (self.ended - before) / 2
+
+
 def measure_idle(counter: NvmlCounter, window_s: float = 6.0, poll_s: float = 0.001, segment_s: float = 1.0,
                  clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep) -> Idle:
-    t_start = clock()
-    last = counter.read_mj()
+    r = Reader(counter, clock)
+    t_start = r.begun
     changes: list[tuple[float, int]] = []
-    reads: list[float] = [t_start]
-    while reads[-1] - t_start < window_s:
+    reads = [t_start]
+    while r.ended - t_start < window_s:
         sleep(poll_s)
-        e = counter.read_mj()
-        reads.append(clock())
-        if e != last:
-            changes.append((reads[-1], e))
-            last = e
+        changed, when, _ = r.read()
+        reads.append(r.begun)
+        if changed:
+            changes.append((when, r.value))
     poll = statistics.median(b - a for a, b in zip(reads, reads[1:]))
     if len(changes) < 3:
         return Idle(math.nan, math.nan, window_s, math.nan, 0, len(changes), poll,
@@ -621,16 +651,18 @@ def measure_idle(counter: NvmlCounter, window_s: float = 6.0, poll_s: float = 0.
     return Idle(watts, sd, t1 - t0, period, step, len(changes), poll)
 
 
-def wait_for_update(counter: NvmlCounter, timeout_s: float, poll_s: float, clock, sleep) -> tuple[float, int, bool]:
-    """(time, value, seen): the moment the counter next changes, so that a window starts and ends on fresh
+def wait_for_update(counter: NvmlCounter, timeout_s: float, poll_s: float, clock, sleep
+                    ) -> tuple[float, float, int, bool]:
+    """(time, +- how much, value, seen) of the counter's next change, so that a window starts and ends on fresh
     values (a read between updates is stale by up to one update period)."""
-    e0, t_start = counter.read_mj(), clock()
-    while clock() - t_start < timeout_s:
+    r = Reader(counter, clock)
+    t_start = r.begun
+    while r.ended - t_start < timeout_s:
         sleep(poll_s)
-        e = counter.read_mj()
-        if e != e0:
-            return clock(), e, True
-    return clock(), e0, False
+        changed, when, spread = r.read()
+        if changed:
+            return when, spread, r.value, True
+    return r.ended, 0.0, r.value, False
 
 
 @dataclasses.dataclass
@@ -674,21 +706,22 @@ def measure_energy(counter: NvmlCounter, work: Callable[[], None], images_per_ca
                    ) -> Energy:
     """Energy of `work` over a window of at least window_s that starts and ends on counter updates.
 
-    noise = 2 x idle spread x time (the idle draw is subtracted, and it drifts) + 2 x read interval x mean power
-    (each edge is seen up to one read late) + 2 mJ (the counter's unit); a window whose edges were not seen adds
-    two update periods of mean power (a read between updates is that stale)."""
+    The joules between two updates are exact (to the counter's mJ); the idle draw subtracted for the net figure is
+    idle W x the time between them, known to within the reads around each edge. So noise = 2 x idle spread x time
+    (the idle draw drifts) + idle W x the edges' uncertainty + 2 mJ; a window whose edges were not seen adds two
+    update periods of mean power (a read between updates is that stale)."""
     sync()
     edge_timeout = max(1.0, 5 * idle.update_period_s) if idle.ok else 1.0
-    t0, e0, seen0 = wait_for_update(counter, edge_timeout, idle.poll_s, clock, sleep)
+    t0, h0, e0, seen0 = wait_for_update(counter, edge_timeout, idle.poll_s, clock, sleep)
     calls = 0
     while clock() - t0 < window_s:
         work()
         calls += 1
     sync()
-    t1, e1, seen1 = wait_for_update(counter, edge_timeout, idle.poll_s, clock, sleep)
+    t1, h1, e1, seen1 = wait_for_update(counter, edge_timeout, idle.poll_s, clock, sleep)
     seconds, joules = t1 - t0, (e1 - e0) / 1e3
     mean_w = joules / seconds if seconds > 0 else 0.0
-    noise = 2 * idle.sd_watts * seconds + 2 * idle.poll_s * mean_w + 2e-3
+    noise = 2 * idle.sd_watts * seconds + idle.watts * (h0 + h1) + 2e-3
     aligned = seen0 and seen1
     if not aligned:
         noise += 2 * (idle.update_period_s if idle.ok else 1.0) * mean_w
@@ -796,7 +829,7 @@ def run_measure(args) -> int:
         figures["idle"] = dataclasses.asdict(idle)
     write()
     with torch.no_grad():
-        variants, pixels = build_variants(args.model, args.weights, "cuda", images=args.images)
+        variants, pixels = build_variants(args.model, args.weights, DEVICE, images=args.images)
         print(f"{figures['device']}, torch {torch.__version__}, {args.model} ({args.weights} weights), synthetic "
               f"scenes; latency: median of {args.rounds} x {args.reps} interleaved CUDA-event timings; energy: NVML "
               f"counter over >= {args.window_s:g} s per row, net = gross - idle W x time, shown only above its noise")

@@ -597,6 +597,7 @@ class Idle:
     step_mj: int  # smallest change seen
     updates: int
     poll_s: float  # median time between two reads of the counter
+    watts_err: float = 0.0  # what the timing of the window's first and last update leaves uncertain
     reason: str = ""
 
     @property
@@ -627,13 +628,15 @@ def measure_idle(counter: NvmlCounter, window_s: float = 6.0, poll_s: float = 0.
     r = Reader(counter, clock)
     t_start = r.begun
     changes: list[tuple[float, int]] = []
+    spreads: list[float] = []
     reads = [t_start]
     while r.ended - t_start < window_s:
         sleep(poll_s)
-        changed, when, _ = r.read()
+        changed, when, spread = r.read()
         reads.append(r.begun)
         if changed:
             changes.append((when, r.value))
+            spreads.append(spread)
     poll = statistics.median(b - a for a, b in zip(reads, reads[1:]))
     if len(changes) < 3:
         return Idle(math.nan, math.nan, window_s, math.nan, 0, len(changes), poll,
@@ -648,7 +651,8 @@ def measure_idle(counter: NvmlCounter, window_s: float = 6.0, poll_s: float = 0.
     period = statistics.median(b[0] - a[0] for a, b in zip(changes, changes[1:]))
     step = min(b[1] - a[1] for a, b in zip(changes, changes[1:]))
     sd = statistics.pstdev(segments) if len(segments) >= 2 else 0.0
-    return Idle(watts, sd, t1 - t0, period, step, len(changes), poll)
+    err = (watts * (spreads[0] + spreads[-1]) + 2e-3) / (t1 - t0)
+    return Idle(watts, sd, t1 - t0, period, step, len(changes), poll, err)
 
 
 def wait_for_update(counter: NvmlCounter, timeout_s: float, poll_s: float, clock, sleep
@@ -708,8 +712,9 @@ def measure_energy(counter: NvmlCounter, work: Callable[[], None], images_per_ca
 
     The joules between two updates are exact (to the counter's mJ); the idle draw subtracted for the net figure is
     idle W x the time between them, known to within the reads around each edge. So noise = 2 x idle spread x time
-    (the idle draw drifts) + idle W x the edges' uncertainty + 2 mJ; a window whose edges were not seen adds two
-    update periods of mean power (a read between updates is that stale)."""
+    (the idle draw drifts) + the idle figure's own uncertainty x time + idle W x the edges' uncertainty + 2 mJ;
+    a window whose edges were not seen adds two update periods of mean power (a read between updates is that
+    stale)."""
     sync()
     edge_timeout = max(1.0, 5 * idle.update_period_s) if idle.ok else 1.0
     t0, h0, e0, seen0 = wait_for_update(counter, edge_timeout, idle.poll_s, clock, sleep)
@@ -721,7 +726,7 @@ def measure_energy(counter: NvmlCounter, work: Callable[[], None], images_per_ca
     t1, h1, e1, seen1 = wait_for_update(counter, edge_timeout, idle.poll_s, clock, sleep)
     seconds, joules = t1 - t0, (e1 - e0) / 1e3
     mean_w = joules / seconds if seconds > 0 else 0.0
-    noise = 2 * idle.sd_watts * seconds + idle.watts * (h0 + h1) + 2e-3
+    noise = (2 * idle.sd_watts + idle.watts_err) * seconds + idle.watts * (h0 + h1) + 2e-3
     aligned = seen0 and seen1
     if not aligned:
         noise += 2 * (idle.update_period_s if idle.ok else 1.0) * mean_w

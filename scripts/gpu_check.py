@@ -331,9 +331,7 @@ def run_trt_graph(k: Kernels, case: Case, tokens: torch.Tensor, keys: torch.Tens
             s = torch.cuda.current_stream().cuda_stream
             k.groups(kc, B, N, P, case.grid_w, ws, length, s)
             k.rows(tc, B, N, P, D, -1, ws, merged, sizes, s)
-    except CheckError:
-        raise
-    except RuntimeError as e:
+    except RuntimeError as e:  # CheckError too: a launch refused during the capture
         raise CheckError(f"CUDA-graph capture failed (a synchronising call inside?): {str(e).splitlines()[0]}")
     results = []
     for replay_keys in (keys, keys.flip(1)):

@@ -403,6 +403,15 @@ def test_kernel_drivers_rehearsed_on_the_cpu(cpu_rehearsal, tmp_path, capsys):
     cap = gc.Case(5, 64, 3, 1, 8, "random", "float32", "trt", 8, shared_keys=True)
     assert gc.check_case(gc.Kernels(library), cap, torch.cuda.Stream()) == [(True, "", 0.0)]
 
+    class ReadsTheLength(gc.Kernels):  # what the TensorRT path must never do: a host read between the phases
+        def groups(self, keys, B, N, P, grid_w, ws, length, stream):
+            super().groups(keys, B, N, P, grid_w, ws, length, stream)
+            length.item()
+
+    graph_case = gc.Case(2, 16, 4, 1, 4, "random", "float32", "trt-graph", 4)
+    with pytest.raises(gc.CheckError, match="CUDA-graph capture failed"):
+        gc.check_case(ReadsTheLength(library), graph_case, torch.cuda.Stream())
+
 
 def test_kernel_drivers_catch_a_wrong_library(cpu_rehearsal, capsys):
     rc = gc.main(["kernels", "--library", cpu_rehearsal(wrong=True), "--subset", "tiny", "--show", "3"])

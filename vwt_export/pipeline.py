@@ -29,7 +29,9 @@ from . import artefacts
 from .artefacts import Graph, Variant
 from .config import ExportConfig
 from .errors import VWTError
+from .data import decode_once
 from .models import sequence_length
+from .outdir import OutputRun
 
 log = logging.getLogger("vwt_export")
 
@@ -83,7 +85,13 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
     keyword arguments (`vx.export("deit_s", mode="intra", keep=0.5, val="val/")`). Raises VWTError on bad input,
     before any slow work wherever the input can be checked up front."""
     cfg = config if isinstance(config, ExportConfig) else ExportConfig.from_options(config, **options)
-    inputs = check_inputs(cfg)
+    with OutputRun.for_config(cfg) as run, decode_once():  # --out checked and locked; each image decoded once
+        inputs = check_inputs(cfg)
+        run.begin()  # an earlier run's files moved to OUT/.previous/; OUT/manifest.json is written last
+        return _export(cfg, inputs)
+
+
+def _export(cfg: ExportConfig, inputs: Inputs) -> ExportResult:
     model = load(cfg)
     written: list[Path] = []
     vocab = inputs.vocab
@@ -154,8 +162,6 @@ def check_inputs(cfg: ExportConfig) -> Inputs:
         from .backends.tensorrt import import_tensorrt
 
         import_tensorrt()  # no TensorRT, no point exporting for it
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise VWTError(f"{cfg.out}: exists and is not a folder; pass another --out")
     labels = read_labels(d.check_folder, check) if check else None
     return Inputs(calib, check, vocab, labels)
 

@@ -686,5 +686,5 @@ def _settings(cfg: ExportConfig, cmodel, vocab) -> dict:
         settings.update(threshold=c.threshold, space=cmodel.space, grouping=c.grouping, vocab_size=vocab.size,
                         vocab=str(c.vocab or cfg.out / "vocab.safetensors"))
     if c.mode == "tome":
-        settings.update(r=c.r, prop_attn=True, block_tokens=list(cmodel.block_tokens))
+        settings.update(r=cmodel.r_used, r_requested=c.r, prop_attn=True, block_tokens=list(cmodel.block_tokens))
     return settings

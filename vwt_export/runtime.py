@@ -64,21 +64,52 @@ def load(path: str | os.PathLike, providers: Sequence[str] | None = None, thread
     .engine file (its JSON sidecar is checked against the running TensorRT, GPU and plugin library first), or a
     *.tokenize.onnx file: length-aware batching with the *.trunk.onnx beside it (see the module docstring)."""
     path = Path(path)
-    if path.name.endswith(TOKENIZE_SUFFIX):
-        tokenize, trunk = ort_stages(path, providers, threads)
-        return length_aware(tokenize, trunk, call_overhead)
     if path.name.endswith(TRUNK_SUFFIX):
         raise VWTError(f"{path}: a trunk stage takes tokens, not pixels; load "
                        f"{path.name[: -len(TRUNK_SUFFIX)]}{TOKENIZE_SUFFIX} (length-aware batching) instead")
-    if path.suffix == ".onnx":
-        from .backends.onnxruntime import runner
+    if path.suffix not in (".onnx", ".engine"):
+        raise VWTError(f"{path}: unknown model format (expected .onnx or .engine)")
+    if path.is_dir():
+        raise VWTError(f"{path}: a folder, not a model file")
+    if not path.is_file():
+        raise VWTError(f"{path}: no such model file")
+    warn_if_not_as_written(path)
+    try:
+        if path.name.endswith(TOKENIZE_SUFFIX):
+            tokenize, trunk = ort_stages(path, providers, threads)
+            return length_aware(tokenize, trunk, call_overhead)
+        if path.suffix == ".onnx":
+            from .backends.onnxruntime import runner
 
-        return runner(path, providers, threads)
-    if path.suffix == ".engine":
+            return runner(path, providers, threads)
         from .backends.tensorrt import load_engine
 
         return load_engine(path)
-    raise VWTError(f"{path}: unknown model format (expected .onnx or .engine)")
+    except VWTError:
+        raise
+    except Exception as e:  # a file that parses but is no model this runtime can run (no input, say)
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise VWTError(f"{path}: cannot be run as a vwt-export model ({type(e).__name__}: {first})") from None
+
+
+def warn_if_not_as_written(path: str | os.PathLike) -> list[str]:
+    """Warn (logger vwt_export.runtime) where `path`, or a file loaded with it (the trunk beside a tokenize stage,
+    an engine's sidecar), differs from the vwt-export manifest of its output folder, or comes from a run that did
+    not complete (vwt_export.outdir.manifest_problems). Returns the warnings."""
+    import logging
+
+    from .outdir import manifest_problems
+
+    path = Path(path)
+    related = [path]
+    if path.name.endswith(TOKENIZE_SUFFIX):
+        related.append(trunk_path(path))
+    if path.suffix == ".engine":
+        related.append(Path(f"{path}.json"))
+    problems = manifest_problems(related)
+    for line in problems:
+        logging.getLogger(__name__).warning("%s", line)
+    return problems
 
 
 def trunk_path(tokenize_path: str | os.PathLike) -> Path:

@@ -233,7 +233,7 @@ def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tu
         elif cfg.method == "tome":
             from .graph.tome_export import export_tome
 
-            log.info("exporting ToMe (r=%d) to ONNX", c.r)
+            log.info("exporting ToMe (r=%s) to ONNX", ctyped.r_used)
             protos.append((variant, False, export_tome(ctyped, check=False), ctyped))
         for variant, portable, proto, reference in protos:
             path = save_model(proto, cfg.out / variant.onnx_file(portable))

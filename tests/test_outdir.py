@@ -80,6 +80,15 @@ def test_a_run_that_writes_nothing_leaves_the_folder_as_it_found_it(tmp_path):
     assert manifest(out)["run_id"] == first.run_id and not (out / PREVIOUS).exists()
 
 
+def test_a_run_that_fails_before_writing_into_a_new_folder_leaves_no_folder(tmp_path):
+    fake_run(tmp_path / "new" / "out", {}, error=VWTError("unknown model 'deit_ss'"))
+    assert not (tmp_path / "new" / "out").exists()
+    with pytest.raises(VWTError):
+        with OutputRun(tmp_path / "new2"):  # failing before begin(), in the input checks
+            raise VWTError("no images found")
+    assert not (tmp_path / "new2").exists()
+
+
 @pytest.mark.parametrize("error,status,why", [
     (ValueError("boom"), "failed", "ValueError: boom"),
     (VWTError("model.vwt.onnx differs from torch"), "failed", "model.vwt.onnx differs from torch"),

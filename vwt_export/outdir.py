@@ -266,6 +266,7 @@ class OutputRun:
         self.started = _now()
         self.previous: dict | None = None
         self._lock_fd: int | None = None
+        self._created = False  # the run made OUT: if it ends with nothing in it, OUT goes too
         self._begun = False
         self._signals: dict[int, Any] = {}
 
@@ -280,6 +281,7 @@ class OutputRun:
         import fcntl
 
         check_folder(self.out, self.inputs)
+        self._created = not self.out.exists()
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
@@ -318,6 +320,10 @@ class OutputRun:
         finally:
             _active.discard(self.out.resolve())
             if self._lock_fd is not None:
+                if self._created and [e.name for e in self.out.iterdir()] == [LOCK]:  # bad input: no empty OUT left
+                    with contextlib.suppress(OSError):
+                        (self.out / LOCK).unlink()
+                        self.out.rmdir()
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = None
 

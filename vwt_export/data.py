@@ -118,14 +118,14 @@ def readable_images(folder: str | os.PathLike, max_images: int | None = None) ->
                        f"{bad[0][1]}); pass a folder of valid images")
     state = _current
     for path, reason in bad:
-        _warn_unreadable(state, path, reason, len(bad))
+        _warn_unreadable(state, path, reason)
     return good
 
 
 # -- decoding ----------------------------------------------------------------------------------------------
 
 
-def _grey_16bit(im: Image.Image, path: Path) -> Image.Image:
+def _grey_16bit(im: Image.Image) -> Image.Image:
     """An integer grey image (I;16*, I) read as 16-bit: 0..65535 -> 0..255."""
     a = np.asarray(im)
     if a.size and (a.min() < 0 or a.max() > 65535):
@@ -134,13 +134,15 @@ def _grey_16bit(im: Image.Image, path: Path) -> Image.Image:
     return Image.fromarray(np.rint(a.astype(np.float64) / 257.0).astype(np.uint8), "L")
 
 
-def _grey_float(im: Image.Image, path: Path) -> Image.Image:
+def _grey_float(im: Image.Image) -> Image.Image:
     """A float grey image (F) read as intensities in [0, 1]."""
     a = np.asarray(im, dtype=np.float64)
     if a.size and (not np.isfinite(a).all() or a.min() < 0.0 or a.max() > 1.0):
-        lo, hi = (np.nanmin(a), np.nanmax(a)) if np.isfinite(a).any() else (float("nan"),) * 2
-        raise UnsupportedImage(f"a float image with values in [{lo:g}, {hi:g}]{'' if np.isfinite(a).all() else ' and NaN/inf'}: "
-                               "float images are read as intensities in [0, 1]; save it as 8- or 16-bit")
+        finite = a[np.isfinite(a)]
+        lo, hi = (finite.min(), finite.max()) if finite.size else (float("nan"),) * 2
+        extra = "" if finite.size == a.size else " and NaN/inf"
+        raise UnsupportedImage(f"a float image with values in [{lo:g}, {hi:g}]{extra}: float images are read as "
+                               "intensities in [0, 1]; save it as 8- or 16-bit")
     return Image.fromarray(np.rint(a * 255.0).astype(np.uint8), "L")
 
 
@@ -148,13 +150,12 @@ def has_alpha(im: Image.Image) -> bool:
     return im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
 
 
-def to_rgb(im: Image.Image, path: Path | str = "image") -> Image.Image:
+def to_rgb(im: Image.Image) -> Image.Image:
     """8-bit RGB holding what `im` shows (see the module docstring); UnsupportedImage where that needs a guess."""
-    path = Path(path)
-    if im.mode.startswith("I;16") or im.mode in ("I", "I;32"):
-        return _grey_16bit(im, path).convert("RGB")
+    if im.mode.startswith("I;16") or im.mode == "I":
+        return _grey_16bit(im).convert("RGB")
     if im.mode == "F":
-        return _grey_float(im, path).convert("RGB")
+        return _grey_float(im).convert("RGB")
     if has_alpha(im):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
@@ -185,14 +186,14 @@ def load_image(path: str | os.PathLike, target: int | None = None) -> Image.Imag
     path = Path(path)
     with _open(path) as im:
         k = reduction(im.size, target)
-        if k > 1 and im.format == "JPEG":
+        if k > 1 and im.format in ("JPEG", "MPO"):
             im.draft(None, (math.ceil(im.width / k), math.ceil(im.height / k)))  # DCT scaling: decodes 1/k
         im.load()
         orientation = _orientation(im)
-        rgb = to_rgb(im, path)
-    left = reduction(rgb.size, target)  # > 1 where draft could not reduce (not a JPEG): reduce what was decoded
-    if left > 1:
-        rgb = rgb.reduce(left)
+        rgb = to_rgb(im)
+    still = reduction(rgb.size, target)  # > 1 where draft could not reduce (not a JPEG): reduce what was decoded
+    if still > 1:
+        rgb = rgb.reduce(still)
     for op in _TRANSPOSE.get(orientation, ()):
         rgb = rgb.transpose(op)
     w, h = rgb.size
@@ -268,7 +269,7 @@ def _file_key(path: Path) -> tuple:
     return str(path.resolve()), st.st_mtime_ns, st.st_size
 
 
-def _warn_unreadable(state: _DecodeState | None, path: Path, reason: str, among: int = 1) -> None:
+def _warn_unreadable(state: _DecodeState | None, path: Path, reason: str) -> None:
     if state is not None:
         if path in state.warned:
             return

@@ -306,7 +306,7 @@ class OutputRun:
         try:
             if self._begun:
                 self._restore_signals()
-                if exc_type is not None and not self.written_files():
+                if exc_type is not None and not self.written_paths():
                     self._put_back()  # failed before writing anything: the folder is left as it was found
                 else:
                     if exc_type is None:
@@ -415,29 +415,30 @@ class OutputRun:
         """The top-level entries of OUT that hold a file or folder the run reads: they stay where they are."""
         return sorted(e.name for e in self.out.iterdir() if e.name not in (LOCK, PREVIOUS) and self._holds_input(e))
 
-    def written_files(self) -> dict[str, dict]:
-        """Every file now in OUT but the lock, the manifest, .previous/ and the kept entries (inputs):
-        {relative path: {bytes, sha256}}, sorted."""
+    def written_paths(self) -> list[Path]:
+        """Every file now in OUT but the lock, the manifest, .previous/ and the kept entries (inputs), sorted."""
         skip = {LOCK, MANIFEST, PREVIOUS, *self.kept_entries()}
-        files: dict[str, dict] = {}
+        found = []
         for root, dirs, names in os.walk(self.out):
             here = Path(root)
             if here == self.out:
                 dirs[:] = [d for d in dirs if d not in skip]
                 names = [n for n in names if n not in skip]
-            for name in names:
-                path = here / name
-                if path.is_file():
-                    files[path.relative_to(self.out).as_posix()] = {"bytes": path.stat().st_size,
-                                                                    "sha256": sha256(path)}
-        return dict(sorted(files.items()))
+            found += [here / n for n in names if (here / n).is_file()]
+        return sorted(found)
+
+    def written_files(self) -> dict[str, dict]:
+        """{relative path: {bytes, sha256}} of written_paths()."""
+        return {p.relative_to(self.out).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256(p)}
+                for p in self.written_paths()}
 
     def write_manifest(self, status: str, error: str | None = None) -> Path:
         assert status in STATUSES
         manifest = {
             "format": FORMAT, "version": VERSION, "run_id": self.run_id, "status": status,
             "started": self.started, "finished": None if status == "running" else _now(), "error": error,
-            "command": self.command, "settings": self.settings, "previous": self.previous, "inputs": self.kept_entries(),
+            "command": self.command, "settings": self.settings, "previous": self.previous,
+            "inputs": self.kept_entries(),
             "files": {} if status == "running" else self.written_files(),
         }
         path = self.out / MANIFEST

@@ -143,14 +143,8 @@ def test_runtime_load_refuses_malformed_files_in_one_line(tmp_path, make, messag
     ("garbage", "line 1: expected"),
     ("empty", "give exactly one of backend"),
 ])
-def test_serve_refuses_a_malformed_config_in_one_line(tmp_path, capsys, kind, message):
+def test_serve_refuses_a_malformed_config_in_one_line(tmp_path, capsys, kind, message, tritonserver):
     """A binary config.pbtxt, or a folder of that name, gave a traceback."""
-    from vwt_export.serving import server as srv
-
-    try:
-        srv.find_triton()
-    except VWTError as e:
-        pytest.skip(f"serving extra not installed ({e})")
     config = tmp_path / "triton" / "m" / "config.pbtxt"
     config.parent.mkdir(parents=True)
     if kind == "binary":
@@ -171,13 +165,7 @@ def test_serve_refuses_a_malformed_config_in_one_line(tmp_path, capsys, kind, me
     assert len(lines) == 1 and lines[0].startswith(f"error: {config}") and message in lines[0], err
 
 
-def test_serve_on_a_file_or_nothing_is_one_line(tmp_path, capsys):
-    from vwt_export.serving import server as srv
-
-    try:
-        srv.find_triton()
-    except VWTError as e:
-        pytest.skip(f"serving extra not installed ({e})")
+def test_serve_on_a_file_or_nothing_is_one_line(tmp_path, capsys, tritonserver):
     (tmp_path / "file").write_text("x")
     for target in (tmp_path / "file", tmp_path / "nowhere", tmp_path):
         with pytest.raises(SystemExit) as exc:

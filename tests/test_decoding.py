@@ -3,9 +3,7 @@ each with its exact outcome: the picture a viewer shows, or a skip with one warn
 
 import io
 import logging
-import struct
 import warnings
-import zlib
 
 import numpy as np
 import pytest
@@ -18,6 +16,8 @@ from vwt_export.data import decode_once, iter_image_batches, load_image, readabl
 from vwt_export.demo import write_demo_images
 from vwt_export.models import transform
 
+from .files import png
+
 
 def as_tensor(im):
     return torch.from_numpy(np.array(im))
@@ -25,16 +25,6 @@ def as_tensor(im):
 
 def rgb(path, target=None):
     return np.asarray(load_image(path, target))
-
-
-def _png(width, height, bit_depth, colour_type, rows: bytes | None = None) -> bytes:
-    """A PNG written byte by byte (Pillow cannot write 48-bit RGB, nor a header alone)."""
-    def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    body = chunk(b"IDAT", zlib.compress(rows)) if rows is not None else b""
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + body + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +62,7 @@ def test_other_16bit_files_decode_as_their_8bit_copy(tmp_path, grey8, fmt):
         expected = np.repeat(grey8[..., None], 3, axis=2)
     else:
         colour = np.stack([a16, a16[::-1], a16.T], axis=-1)
-        path.write_bytes(_png(80, 80, 16, 2, b"".join(b"\x00" + row.astype(">u2").tobytes() for row in colour)))
+        path.write_bytes(png(80, 80, 16, 2, b"".join(b"\x00" + row.astype(">u2").tobytes() for row in colour)))
         expected = np.stack([grey8, grey8[::-1], grey8.T], axis=-1)
     np.testing.assert_array_equal(rgb(path), expected)
 
@@ -190,7 +180,7 @@ def test_a_broken_exif_block_keeps_the_picture(tmp_path):
 def test_a_decompression_bomb_is_skipped_like_an_unreadable_file(tmp_path, caplog):
     """It stopped the run with "unexpected DecompressionBombError"."""
     Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "a_good.png")
-    (tmp_path / "bomb.png").write_bytes(_png(16000, 12000, 8, 2))  # a header: 192 megapixels, no data needed
+    (tmp_path / "bomb.png").write_bytes(png(16000, 12000, 8, 2))  # a header: 192 megapixels, no data needed
     with caplog.at_level(logging.WARNING), decode_once():
         assert readable_images(tmp_path) == [tmp_path / "a_good.png"]
         batches = list(iter_image_batches([tmp_path / "bomb.png", tmp_path / "a_good.png"], as_tensor, 4))
@@ -258,7 +248,7 @@ def test_files_that_are_not_images_are_skipped_one_line_each(tmp_path, caplog):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("not a jpeg")
     (tmp_path / "folder.jpg").mkdir()  # a folder with an image's name is not listed at all
-    (tmp_path / "header-only.png").write_bytes(_png(8, 8, 8, 2))  # no pixel data: fails when decoded
+    (tmp_path / "header-only.png").write_bytes(png(8, 8, 8, 2))  # no pixel data: fails when decoded
     with caplog.at_level(logging.WARNING), decode_once():
         found = readable_images(tmp_path)
         assert found == [tmp_path / "good.png", tmp_path / "header-only.png"]

@@ -9,15 +9,18 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from vwt_export import runtime
+from vwt_export import outdir, runtime
+from vwt_export.config import ExportConfig
 from vwt_export.errors import VWTError
-from vwt_export.outdir import LOCK, MANIFEST, PREVIOUS, OutputRun, check_folder, manifest_problems, read_manifest
+from vwt_export.outdir import (LOCK, MANIFEST, PREVIOUS, OutputRun, check_folder, config_paths, manifest_problems,
+                               read_manifest)
 
 
 def fake_run(out, files, inputs=(), error=None, settings=None):
@@ -48,8 +51,11 @@ def test_a_run_lists_every_file_it_wrote_with_checksums_in_a_manifest_written_la
     m = manifest(out)
     assert m["format"] == "vwt-export/manifest" and m["status"] == "complete" and m["run_id"] == run.run_id
     assert m["settings"] == {"r": 8} and m["command"] == "fake run" and m["previous"] is None
-    assert m["files"] == {"model.onnx": {"bytes": 5, "sha256": hashlib.sha256(b"graph").hexdigest()},
-                          "polygraphy/inputs.json": {"bytes": 2, "sha256": hashlib.sha256(b"[]").hexdigest()}}
+    assert m["files"] == {
+        "model.onnx": {"bytes": 5, "mtime_ns": os.stat(out / "model.onnx").st_mtime_ns,
+                       "sha256": hashlib.sha256(b"graph").hexdigest()},
+        "polygraphy/inputs.json": {"bytes": 2, "mtime_ns": os.stat(out / "polygraphy/inputs.json").st_mtime_ns,
+                                   "sha256": hashlib.sha256(b"[]").hexdigest()}}
     newest = max(os.stat(out / f).st_mtime_ns for f in m["files"])
     assert os.stat(out / MANIFEST).st_mtime_ns >= newest
     assert listing(out) == sorted([LOCK, MANIFEST, "model.onnx", "polygraphy/inputs.json"])
@@ -78,6 +84,25 @@ def test_a_run_that_writes_nothing_leaves_the_folder_as_it_found_it(tmp_path):
     fake_run(out, {}, error=VWTError("unknown model 'deit_ss'"))
     assert {f: (out / f).read_bytes() for f in listing(out) if f != LOCK} == before
     assert manifest(out)["run_id"] == first.run_id and not (out / PREVIOUS).exists()
+
+
+def test_a_ctrl_c_while_the_earlier_run_moves_puts_back_what_had_moved(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    fake_run(out, {"model.onnx": b"one", "report.json": b"{}", "summary.json": b"{}"})
+    before = {f: (out / f).read_bytes() for f in listing(out) if f != LOCK}
+    calls = []
+    real = outdir._replace
+
+    def interrupted_on_the_second_move(source, target):
+        calls.append(source)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        real(source, target)
+
+    monkeypatch.setattr(outdir, "_replace", interrupted_on_the_second_move)
+    with pytest.raises(KeyboardInterrupt):
+        fake_run(out, {"model.onnx": b"two"})
+    assert {f: (out / f).read_bytes() for f in listing(out) if f != LOCK} == before and not (out / PREVIOUS).exists()
 
 
 def test_a_run_that_fails_before_writing_into_a_new_folder_leaves_no_folder(tmp_path):
@@ -152,15 +177,151 @@ def test_inputs_inside_the_folder_stay_where_they_are(tmp_path):
 
 
 def test_a_folder_of_files_vwt_export_does_not_write_is_refused_not_emptied(tmp_path):
-    """--out ~ by mistake must not move a home folder away."""
+    """--out ~ by mistake must not move a home folder away (nor leave a lock file in it)."""
     out = tmp_path / "home"
     out.mkdir()
     (out / "thesis.tex").write_text("years of work")
     (out / "model.onnx").write_bytes(b"?")
-    with pytest.raises(VWTError, match=r"holds files vwt-export does not write \(thesis.tex\)"):
+    with pytest.raises(VWTError, match=r"holds files that are not an earlier run's \(thesis.tex\)"):
         fake_run(out, {"model.onnx": b"new"})
-    assert listing(out) == sorted([LOCK, "model.onnx", "thesis.tex"])
-    assert (out / "model.onnx").read_bytes() == b"?" and not (out / MANIFEST).exists()
+    assert listing(out) == ["model.onnx", "thesis.tex"] and (out / "model.onnx").read_bytes() == b"?"
+
+
+def test_files_beside_a_manifest_that_it_does_not_list_are_refused_by_name(tmp_path):
+    """They were moved to .previous/ with the earlier run's files, and deleted by the run after that."""
+    out = tmp_path / "out"
+    fake_run(out, {"model.onnx": b"one", "plots/a.png": b"png"})
+    (out / "notes.txt").write_text("mine")
+    (out / "mine").mkdir()
+    (out / "mine" / "data.csv").write_text("1,2")
+    (out / "plots" / "mine.png").write_bytes(b"my plot")
+    before = {f: (out / f).read_bytes() for f in listing(out)}
+    with pytest.raises(VWTError, match=r"holds files that are not an earlier run's \(mine/, notes.txt, "
+                                       r"plots/mine.png\); move them out of the folder or pass another --out"):
+        fake_run(out, {"model.onnx": b"two"})
+    assert {f: (out / f).read_bytes() for f in listing(out)} == before and not (out / PREVIOUS).exists()
+
+
+def test_a_nested_output_folder_is_refused_both_ways(tmp_path):
+    """A run into OUT/sub, then a run into OUT: OUT/sub went to .previous/ and was deleted by the next run."""
+    out = tmp_path / "out"
+    fake_run(out, {"model.onnx": b"outer"})
+    with pytest.raises(VWTError, match=f"--out {out / 'sub'} is inside {out}, the output folder of another run; "
+                                       "pass an --out outside it"):
+        fake_run(out / "sub", {"model.onnx": b"inner"})
+    assert not (out / "sub").exists()
+    lone = tmp_path / "lone"  # made before OUT held a run (a name vwt-export writes, too): refused by OUT's run
+    fake_run(lone / "plots", {"model.onnx": b"inner"})
+    with pytest.raises(VWTError, match=r"holds plots, the output folder of another run \(its manifest\.json\); "
+                                       "move it out of the folder or pass another --out"):
+        fake_run(lone, {"model.onnx": b"outer"})
+    assert (lone / "plots" / "model.onnx").read_bytes() == b"inner" and not (lone / MANIFEST).exists()
+
+
+def test_a_folder_another_run_is_writing_is_never_moved(tmp_path):
+    """A run into OUT moved OUT/plots while another run held it; that run then ended with a traceback."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with OutputRun(out / "plots") as inner:  # locked, not begun yet: no manifest in it
+        with pytest.raises(VWTError, match=f"holds plots, the output folder of another run \\(pid {os.getpid()}, "
+                                           f"run {inner.run_id}"):
+            fake_run(out, {"model.onnx": b"outer"})
+        inner.begin()
+        (out / "plots" / "a.png").write_bytes(b"inner's")
+    assert manifest(out / "plots")["status"] == "complete" and not (out / MANIFEST).exists()
+
+
+def test_after_a_failed_run_the_last_complete_run_is_kept(tmp_path):
+    """Run A completed, run B failed after writing a file, run C deleted A and kept only the failed B."""
+    out = tmp_path / "out"
+    a = fake_run(out, {"model.onnx": b"a", "report.json": b"a's report"})
+    b = fake_run(out, {"vocab.safetensors": b"b"}, error=VWTError("model.vwt.onnx differs from torch"))
+    c = fake_run(out, {"model.onnx": b"c"})
+    assert sorted(os.listdir(out / PREVIOUS)) == sorted([a.run_id, b.run_id])
+    assert (out / PREVIOUS / a.run_id / "report.json").read_bytes() == b"a's report"
+    fake_run(out, {"model.onnx": b"d"}, error=KeyboardInterrupt())  # moves C (complete): A and B go
+    assert os.listdir(out / PREVIOUS) == [c.run_id]
+
+
+def test_pruning_deletes_only_the_files_a_manifest_lists(tmp_path):
+    out = tmp_path / "out"
+    first = fake_run(out, {"model.onnx": b"1", "plots/a.png": b"a"})
+    fake_run(out, {"model.onnx": b"2"})
+    (out / PREVIOUS / first.run_id / "plots" / "kept.txt").write_text("put here by hand")
+    (out / PREVIOUS / "mine").mkdir()
+    (out / PREVIOUS / "mine" / "x.txt").write_text("no manifest: not a run")
+    fake_run(out, {"model.onnx": b"3"})
+    assert listing(out / PREVIOUS / first.run_id) == ["plots/kept.txt"]
+    assert (out / PREVIOUS / "mine" / "x.txt").read_text() == "no manifest: not a run"
+
+
+@pytest.mark.parametrize("field,value,why", [
+    ("run_id", "", "run_id '' is not a run id"),
+    ("run_id", "/abs", "run_id '/abs' is not a run id"),
+    ("run_id", "../x", "run_id '../x' is not a run id"),
+    ("files", {"../escape": {"bytes": 1, "sha256": "0" * 64}}, "file '../escape' is not a path inside the folder"),
+    ("files", {"/etc/hosts": {"bytes": 1, "sha256": "0" * 64}}, "file '/etc/hosts' is not a path inside the folder"),
+    ("status", "done", "status 'done' is not one of running, complete, interrupted, failed, unrecorded"),
+    ("files", ["model.onnx"], "files is not an object"),
+])
+def test_a_manifest_with_an_unsafe_or_malformed_field_is_one_line_with_a_way_out(tmp_path, field, value, why):
+    """run_id "" moved the earlier files straight into .previous/ (and the next run deleted them); "/abs" or
+    "../x" moved them out of OUT. The error said "rerun the export", which failed the same way."""
+    out = tmp_path / "out"
+    fake_run(out, {"model.onnx": b"x"})
+    m = manifest(out)
+    m[field] = value
+    (out / MANIFEST).write_text(json.dumps(m))
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    with pytest.raises(VWTError) as e:
+        fake_run(out, {"model.onnx": b"y"})
+    assert str(e.value) == (f"{out / MANIFEST}: a malformed vwt-export manifest ({why}); delete it (the files "
+                            "beside it then count as an earlier run's by their names) or pass another --out")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+    (out / MANIFEST).unlink()  # the way out the line gives
+    fake_run(out, {"model.onnx": b"y"})
+    (moved,) = os.listdir(out / PREVIOUS)
+    assert moved.startswith("unrecorded-") and (out / PREVIOUS / moved / "model.onnx").read_bytes() == b"x"
+
+
+def test_the_files_of_a_run_killed_outright_are_moved_by_their_names(tmp_path):
+    """A killed run's manifest says "running" and lists nothing; its files (an atomic write's temporary file too)
+    are known by their names, and the manifest moved with them lists them, so a later run can prune them."""
+    out = tmp_path / "out"
+    out.mkdir()
+    killed = OutputRun(out)
+    killed.write_manifest("running")
+    (out / "model.onnx").write_bytes(b"killed")
+    (out / ".vocab.safetensors.k2j3h4.tmp").write_bytes(b"half")
+    fake_run(out, {"model.onnx": b"next"})
+    moved = read_manifest(out / PREVIOUS / killed.run_id)
+    assert moved["status"] == "running" and sorted(moved["files"]) == [".vocab.safetensors.k2j3h4.tmp", "model.onnx"]
+    fake_run(out, {"model.onnx": b"after"})
+    fake_run(out, {"model.onnx": b"and after"})
+    assert killed.run_id not in os.listdir(out / PREVIOUS)
+
+
+def test_python_caches_in_a_served_repository_move_and_go_with_it(tmp_path):
+    """Triton's Python backend writes __pycache__/ into OUT/triton when it serves: no manifest lists it."""
+    out = tmp_path / "out"
+    first = fake_run(out, {"triton/m/1/model.py": b"code"})
+    (out / "triton/m/1/__pycache__").mkdir()
+    (out / "triton/m/1/__pycache__/model.cpython-311.pyc").write_bytes(b"cache")
+    fake_run(out, {"model.onnx": b"2"})
+    assert (out / PREVIOUS / first.run_id / "triton/m/1/__pycache__/model.cpython-311.pyc").is_file()
+    fake_run(out, {"model.onnx": b"3"})
+    assert not (out / PREVIOUS / first.run_id).exists()
+
+
+def test_a_relative_checkpoint_path_is_an_input(tmp_path, monkeypatch):
+    """--weights my.pth (no folder in the name) was not seen as a file the run reads."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.pth").write_bytes(b"weights")
+    cfg = ExportConfig.from_options("deit_s", mode="tome", weights="my.pth", skip_checks=True,
+                                     out=tmp_path / "out")
+    assert Path("my.pth") in config_paths(cfg)
+    assert config_paths(ExportConfig.from_options("deit_s", mode="tome", weights="random", skip_checks=True,
+                                                         out=tmp_path / "out")) == []
 
 
 def test_an_output_folder_of_an_older_version_is_moved_as_unrecorded(tmp_path):
@@ -171,8 +332,13 @@ def test_an_output_folder_of_an_older_version_is_moved_as_unrecorded(tmp_path):
     fake_run(out, {"model.onnx": b"new"})
     (moved,) = os.listdir(out / PREVIOUS)
     assert moved.startswith("unrecorded-") and manifest(out)["previous"]["run_id"] == moved
-    assert listing(out / PREVIOUS / moved) == ["model.onnx", "plots/tokens.png", "report.json", "summary.json",
-                                               "triton/README.md"]
+    files = ["model.onnx", "plots/tokens.png", "report.json", "summary.json", "triton/README.md"]
+    assert listing(out / PREVIOUS / moved) == sorted([MANIFEST, *files])
+    recorded = read_manifest(out / PREVIOUS / moved)  # what was moved, so that a later run deletes only that
+    assert recorded["status"] == "unrecorded" and sorted(recorded["files"]) == files
+    fake_run(out, {"model.onnx": b"newer"})
+    fake_run(out, {"model.onnx": b"newest"})
+    assert moved not in os.listdir(out / PREVIOUS)
 
 
 def test_out_equal_to_or_inside_an_input_folder_is_refused(tmp_path):
@@ -192,25 +358,6 @@ def test_out_that_is_a_file_or_under_a_file_is_refused(tmp_path):
         check_folder(tmp_path / "f")
     with pytest.raises(VWTError, match=r"cannot be created \(.*f is a file\)"):
         check_folder(tmp_path / "f" / "out")
-
-
-@pytest.fixture
-def read_only_folder(tmp_path):
-    """A folder nobody can write into: chmod, or for root (whom chmod does not stop) the immutable flag."""
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o555)
-    flagged = False
-    try:
-        if os.access(folder, os.W_OK):  # root
-            flagged = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
-            if not flagged:
-                pytest.skip("running as root without chattr: no folder here is read-only")
-        yield folder
-    finally:
-        if flagged:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        folder.chmod(0o755)
 
 
 def test_a_read_only_out_is_refused_before_anything_else(read_only_folder):
@@ -287,3 +434,30 @@ def test_a_malformed_manifest_of_ours_is_one_line(tmp_path):
     (out / MANIFEST).write_text(json.dumps(m))
     (line,) = manifest_problems([out / "model.onnx"])
     assert line.startswith(f"{out / MANIFEST}: a malformed vwt-export manifest")
+
+
+def test_an_unchanged_file_is_not_hashed_again(tmp_path, monkeypatch):
+    """runtime.load and serve hashed every file on each start: seconds for engines of gigabytes."""
+    out = tmp_path / "out"
+    fake_run(out, {"model.onnx": b"x" * 1000})
+    hashed = []
+    real = outdir.sha256
+    monkeypatch.setattr(outdir, "sha256", lambda path: hashed.append(path) or real(path))
+    assert manifest_problems([out / "model.onnx"]) == [] and hashed == []  # same size and time: not read
+    os.utime(out / "model.onnx", ns=(10**18, 10**18))  # touched, the same bytes: read once, no warning
+    assert manifest_problems([out / "model.onnx"]) == [] and len(hashed) == 1
+    (out / "model.onnx").write_bytes(b"y" * 1000)
+    (line,) = manifest_problems([out / "model.onnx"])
+    assert "changed since run" in line
+
+
+def test_a_file_at_any_depth_is_checked_and_python_caches_are_not(tmp_path):
+    """Only files up to 4 folders below the manifest were checked (a magic number that left __pycache__ out)."""
+    out = tmp_path / "out"
+    fake_run(out, {"triton/m/1/assets/deeper/x.bin": b"x"})
+    (out / "triton/m/1/assets/deeper/x.bin").write_bytes(b"y")
+    (line,) = manifest_problems([out / "triton/m/1/assets/deeper/x.bin"])
+    assert "changed since run" in line
+    (out / "triton/m/1/__pycache__").mkdir()
+    (out / "triton/m/1/__pycache__/model.cpython-311.pyc").write_bytes(b"written by Python when served")
+    assert manifest_problems([out / "triton/m/1/__pycache__/model.cpython-311.pyc"]) == []

@@ -8,11 +8,9 @@ import os
 import shlex
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -23,7 +21,8 @@ from vwt_export.cli import main
 from vwt_export.demo import write_demo_images
 from vwt_export.outdir import LOCK, MANIFEST, PREVIOUS, OutputRun
 
-from .test_outdir import fake_run, read_only_folder  # noqa: F401 (a fixture)
+from .files import png
+from .test_outdir import fake_run
 
 TINY = ["vit_tiny_patch16_224", "--model-arg", "img_size=64", "--model-arg", "depth=1", "--model-arg", "num_classes=10",
         "--weights", "random"]
@@ -37,15 +36,6 @@ def run_cli(argv, capsys):
     return exc.value.code, out, err
 
 
-def _bomb_png() -> bytes:
-    """A PNG header claiming 16000 x 12000 pixels (192 MP, over Pillow's limit twice): no data needed."""
-    def chunk(kind, payload):
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16000, 12000, 8, 2, 0, 0, 0))
-            + chunk(b"IEND", b""))
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Six scenes, a JPEG truncated past its header and a decompression bomb."""
@@ -55,7 +45,7 @@ def images(tmp_path_factory):
 
     Image.open(folder / "scene_000.png").convert("RGB").save(jpeg, quality=90)
     jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
-    (folder / "zz_bomb.png").write_bytes(_bomb_png())
+    (folder / "zz_bomb.png").write_bytes(png(16000, 12000, 8, 2))  # a header: 192 MP, over twice the limit
     return folder
 
 
@@ -131,12 +121,12 @@ def test_a_rerun_with_other_settings_leaves_only_its_own_files(tmp_path, images,
     warned = [line for line in err.splitlines() if line.startswith("warning:") and "r=1000" in line]
     assert len(warned) == 1 and "merging 8 tokens per block instead" in warned[0], err
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["settings"]["r"], summary["settings"]["r_requested"]) == (8, 1000)
+    assert (summary["settings"]["r"], summary["settings"]["r_requested"]) == ([8], 1000)  # merges per block
     assert set(third["files"]) == {"model.onnx", "model.tome.onnx", "summary.json"}
 
 
 def test_bad_output_folders_fail_in_one_line_before_any_slow_work(tmp_path, images, capsys, monkeypatch,
-                                                                  read_only_folder):  # noqa: F811
+                                                                  read_only_folder):
     """A read-only --out failed after the model load and k-means, with "unexpected PermissionError"; an --out in
     the image folder made the next run learn from its own plots."""
     slow = []
@@ -165,6 +155,23 @@ def test_bad_output_folders_fail_in_one_line_before_any_slow_work(tmp_path, imag
     assert (locked / "model.onnx").read_bytes() == b"the holder's"
 
 
+# The run of the interrupt test, made to wait once it has written its vocabulary: the signal then always finds it
+# running (a tiny run could otherwise finish before the test sees the file, and exit 0).
+WAITING_RUN = """
+import pathlib, sys, time
+from vwt_export.vwt.vocab import Vocabulary
+save = Vocabulary.save
+def save_then_wait(self, path):
+    written = save(self, path)
+    pathlib.Path(sys.argv[1]).touch()
+    time.sleep(600)
+    return written
+Vocabulary.save = save_then_wait
+from vwt_export.cli import main
+main(sys.argv[2:])
+"""
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_leaves_a_manifest_that_says_so(tmp_path, images, sig):
     """SIGINT or SIGTERM partway through left a new vocabulary beside the old run's graphs, or new graphs beside
@@ -172,14 +179,14 @@ def test_an_interrupted_run_leaves_a_manifest_that_says_so(tmp_path, images, sig
     out = tmp_path / "out"
     earlier = fake_run(out, {"report.json": b"{}", "model.onnx": b"old graph", "polygraphy/inputs.json": b"[]"})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.Popen([sys.executable, "-m", "vwt_export", *TINY, "--calib", str(images), "--vocab-size", "12",
-                             "--out", str(out), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    waiting = tmp_path / "vocabulary-written"
+    proc = subprocess.Popen([sys.executable, "-c", WAITING_RUN, str(waiting), *TINY, "--calib", str(images),
+                             "--vocab-size", "12", "--out", str(out), "--quiet"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:  # until the run has begun and written a file
-        if (out / "vocab.safetensors").exists():
-            break
+    while not waiting.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
+    assert waiting.exists(), proc.poll() is not None and proc.communicate()[1]
     proc.send_signal(sig)
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
@@ -188,3 +195,16 @@ def test_an_interrupted_run_leaves_a_manifest_that_says_so(tmp_path, images, sig
     assert "vocab.safetensors" in manifest["files"] and manifest["previous"]["run_id"] == earlier.run_id
     assert _files_now(out) == {f: e["sha256"] for f, e in manifest["files"].items()}  # nothing of the earlier run
     assert (out / PREVIOUS / earlier.run_id / "report.json").read_bytes() == b"{}"
+
+
+def test_demo_into_a_folder_of_other_files_writes_nothing(tmp_path, capsys):
+    """--demo --out ~ wrote 32 PNGs into the home folder, then refused the folder."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "thesis.tex").write_text("years of work")
+    code, stdout, err = run_cli(TINY + ["--demo", "--out", str(home)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0] == (f"error: {home}: holds files that are not an earlier run's (thesis.tex); move them out of "
+                        "the folder or pass another --out")
+    assert os.listdir(home) == ["thesis.tex"]

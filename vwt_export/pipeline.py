@@ -233,7 +233,7 @@ def export_graphs(cfg: ExportConfig, model, cmodel, vocab, inputs: Inputs) -> tu
         elif cfg.method == "tome":
             from .graph.tome_export import export_tome
 
-            log.info("exporting ToMe (r=%s) to ONNX", ctyped.r_used)
+            log.info("exporting ToMe (merges per block: %s) to ONNX", ctyped.block_r)
             protos.append((variant, False, export_tome(ctyped, check=False), ctyped))
         for variant, portable, proto, reference in protos:
             path = save_model(proto, cfg.out / variant.onnx_file(portable))
@@ -686,5 +686,5 @@ def _settings(cfg: ExportConfig, cmodel, vocab) -> dict:
         settings.update(threshold=c.threshold, space=cmodel.space, grouping=c.grouping, vocab_size=vocab.size,
                         vocab=str(c.vocab or cfg.out / "vocab.safetensors"))
     if c.mode == "tome":
-        settings.update(r=cmodel.r_used, r_requested=c.r, prop_attn=True, block_tokens=list(cmodel.block_tokens))
+        settings.update(r=list(cmodel.block_r), r_requested=c.r, prop_attn=True, block_tokens=list(cmodel.block_tokens))
     return settings

@@ -12,16 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from vwt_export.errors import VWTError
 from vwt_export.outdir import OutputRun
 from vwt_export.serving import ServingSettings, write_repository
 from vwt_export.serving import server as srv
-from vwt_export.serving.watchdog import group_members
+from vwt_export.serving.watchdog import alive, group_members, process_stat
 
-try:
-    srv.find_triton()
-except VWTError as e:
-    pytest.skip(f"serving extra not installed ({e})", allow_module_level=True)
+pytestmark = pytest.mark.usefixtures("tritonserver")  # skipped, saying why, without the serving extra
 
 WATCHDOG = Path(srv.__file__).with_name("watchdog.py")
 
@@ -84,31 +80,21 @@ def test_the_server_follows_a_command_killed_outright(repo):
 def _children_named(pid, needle):
     found = []
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
+        stat = process_stat(proc.name) if proc.name.isdigit() else None
+        if stat is not None and stat[1] == pid:
             try:
-                stat = (proc / "stat").read_text()
-                ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-            except (OSError, ValueError):
+                if needle in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(proc.name))
+            except OSError:
                 continue
-            if ppid == pid and needle in cmd:
-                found.append(int(proc.name))
     return found
-
-
-def _alive(pid):
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _wait_gone(pid, within):
     deadline = time.monotonic() + within
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return not _alive(pid)
+    return not alive(pid)
 
 
 def test_the_watchdog_ends_a_group_that_ignores_sigterm_once_its_starter_goes(tmp_path):

@@ -24,16 +24,30 @@ from pathlib import Path
 GRACE_S = 15.0  # tritonserver's own --exit-timeout-secs is 10
 
 
+def process_stat(pid: int | str) -> tuple[str, int, int] | None:
+    """(state, parent pid, process group) of a process from /proc/PID/stat, or None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm)": state, ppid, pgrp, ...
+        return fields[0], int(fields[1]), int(fields[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for its parent."""
+    stat = process_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is `pgid`."""
     out = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = (proc / "stat").read_text()
-                fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm)": state, ppid, pgrp, ...
-                if int(fields[2]) == pgid and fields[0] != "Z":
-                    out.append(int(proc.name))
+            stat = process_stat(proc.name)
+            if stat is not None and stat[2] == pgid and stat[0] != "Z":
+                out.append(int(proc.name))
     return out
 
 

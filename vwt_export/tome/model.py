@@ -91,9 +91,8 @@ def tome_block(blk: nn.Module, x: torch.Tensor, size: torch.Tensor | None, r: in
 
 class ToMeViT(nn.Module):
     """The ToMe model. Static facts (no forward needed): `tokens_in` = P + N, `block_tokens[i]` = tokens block i's
-    attention sees (P + N - r*i until r is clamped), `block_r[i]` = tokens block i merges (`r_used`: that as one
-    number where every block merges alike; `r_capped`: whether the r asked for was cut), `tokens_out`,
-    `mean_tokens` = mean of block_tokens. After each call `last_token_counts` holds mean_tokens per image
+    attention sees (P + N - r*i until r is clamped), `block_r[i]` = tokens block i merges (`r_capped`: whether the
+    r asked for was cut to that), `tokens_out`, `mean_tokens` = mean of block_tokens. After each call `last_token_counts` holds mean_tokens per image
     (float; every image has the same schedule), the figure the reports compare with VWT's tokens per block."""
 
     def __init__(self, model: nn.Module, r: int | Sequence[int], prop_attn: bool = True):
@@ -115,11 +114,6 @@ class ToMeViT(nn.Module):
         self.tokens_out = self.tokens_in - sum(self.block_r)
         self.mean_tokens = sum(self.block_tokens) / max(len(self.block_tokens), 1)
         self.last_token_counts: torch.Tensor | None = None
-
-    @property
-    def r_used(self) -> int | list[int]:
-        """The merges per block actually made: one number where every block merges alike, else one per block."""
-        return _as_one(self.block_r)
 
     def extra_repr(self) -> str:
         return f"r={self.r}, prop_attn={self.prop_attn}, block_tokens={self.block_tokens}"
@@ -179,4 +173,5 @@ def compress_tome(model: nn.Module, r: int | Sequence[int], prop_attn: bool = Tr
 
 
 def _as_one(values: list[int]) -> int | list[int]:
+    """For messages: one number where every block merges alike."""
     return values[0] if values and all(v == values[0] for v in values) else list(values)

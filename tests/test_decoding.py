@@ -3,6 +3,8 @@ each with its exact outcome: the picture a viewer shows, or a skip with one warn
 
 import io
 import logging
+import struct
+import threading
 import warnings
 
 import numpy as np
@@ -12,6 +14,7 @@ from PIL import Image, ImageOps
 
 import vwt_export as vx
 from vwt_export import data
+from vwt_export.errors import VWTError
 from vwt_export.data import decode_once, iter_image_batches, load_image, readable_images, to_rgb
 from vwt_export.demo import write_demo_images
 from vwt_export.models import transform
@@ -71,14 +74,31 @@ def test_a_float_image_in_0_1_decodes_and_other_ranges_are_skipped_once(tmp_path
     Image.fromarray(grey8.astype(np.float32) / 255.0, "F").save(tmp_path / "unit.tif")
     np.testing.assert_array_equal(rgb(tmp_path / "unit.tif")[..., 0], grey8)
     Image.fromarray(grey8.astype(np.float32), "F").save(tmp_path / "raw.tif")  # 0..255 as floats: a guess either way
-    Image.fromarray(np.full((8, 8), 70000, np.int32), "I").save(tmp_path / "deep32.tif")
     with caplog.at_level(logging.WARNING), decode_once():
         for _ in range(3):
-            batches = list(iter_image_batches([tmp_path / "raw.tif", tmp_path / "unit.tif", tmp_path / "deep32.tif"],
-                                              as_tensor, batch_size=4))
+            batches = list(iter_image_batches([tmp_path / "raw.tif", tmp_path / "unit.tif"], as_tensor, batch_size=4))
             assert [p.name for _, ps in batches for p in ps] == ["unit.tif"]
     assert caplog.text.count("raw.tif") == 1 and "float images are read as intensities in [0, 1]" in caplog.text
-    assert caplog.text.count("deep32.tif") == 1 and "only 0..65535" in caplog.text
+
+
+def test_a_32bit_integer_tiff_is_skipped_once_not_read_as_16bit(tmp_path, grey8, caplog):
+    """Mode I was always read as 0..65535: a 32-bit TIFF holding 0..255 came out almost black."""
+    Image.fromarray(grey8.astype(np.int32), "I").save(tmp_path / "deep32.tif")
+    Image.fromarray(grey8).save(tmp_path / "ok.png")
+    assert Image.open(tmp_path / "deep32.tif").mode == "I"
+    with caplog.at_level(logging.WARNING), decode_once():
+        for _ in range(2):
+            batches = list(iter_image_batches([tmp_path / "deep32.tif", tmp_path / "ok.png"], as_tensor, 4))
+            assert [p.name for _, ps in batches for p in ps] == ["ok.png"]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "deep32.tif" in line and "a 32-bit integer image: its scale is unknown" in line
+
+
+@pytest.mark.parametrize("maxval", [1023, 4095, 65535])
+def test_a_deep_pgm_is_scaled_by_its_own_maximum(tmp_path, grey8, maxval):
+    scaled = np.rint(grey8.astype(np.float64) * maxval / 255).astype(">u2")
+    (tmp_path / "x.pgm").write_bytes(f"P5\n80 80\n{maxval}\n".encode() + scaled.tobytes())
+    assert np.abs(rgb(tmp_path / "x.pgm")[..., 0].astype(int) - grey8).max() <= 1
 
 
 # -- the 16-bit PNG, through learning a vocabulary -----------------------------------------------------------------
@@ -128,6 +148,36 @@ def test_transparent_pixels_show_the_white_background(tmp_path):
     pa = Image.new("PA", (2, 1), (1, 0))  # Pillow writes no PA file: the conversion itself
     pa.putpalette([0, 0, 0, 10, 20, 30])
     assert np.asarray(to_rgb(pa)).tolist() == [[[255, 255, 255]] * 2]
+
+
+def test_a_16bit_grey_png_with_a_transparent_value_shows_white_there(tmp_path):
+    """The transparency key of a 16-bit grey PNG was ignored: the keyed pixels showed their grey."""
+    values = np.array([[0, 1000, 65535, 1000]], ">u2")
+    rows = b"\x00" + values.tobytes()
+    (tmp_path / "keyed.png").write_bytes(png(4, 1, 16, 0, rows, chunks=((b"tRNS", struct.pack(">H", 1000)),)))
+    assert np.asarray(Image.open(tmp_path / "keyed.png")).tolist() == [[0, 1000, 65535, 1000]]  # Pillow: the values
+    assert rgb(tmp_path / "keyed.png")[0, :, 0].tolist() == [0, 255, 255, 255]
+    (tmp_path / "dark-key.png").write_bytes(png(4, 1, 16, 0, rows, chunks=((b"tRNS", struct.pack(">H", 5)),)))
+    assert rgb(tmp_path / "dark-key.png")[0, :, 0].tolist() == [0, 4, 255, 4]  # a key no pixel has: nothing changes
+
+
+def test_a_48bit_png_with_a_transparent_colour_is_skipped(tmp_path):
+    """Pillow reads 16-bit RGB as 8-bit and keeps the 16-bit key: which pixels it means cannot be told."""
+    colour = np.array([[[1000, 2000, 3000], [65535, 0, 0]]], ">u2")
+    rows = b"\x00" + colour.tobytes()
+    (tmp_path / "keyed48.png").write_bytes(png(2, 1, 16, 2, rows, chunks=((b"tRNS", struct.pack(">HHH", 1000, 2000, 3000)),)))
+    with pytest.raises(data.UnsupportedImage, match="a 16-bit RGB PNG with a transparent colour"):
+        load_image(tmp_path / "keyed48.png")
+    (tmp_path / "plain48.png").write_bytes(png(2, 1, 16, 2, rows))
+    assert rgb(tmp_path / "plain48.png").tolist() == [[[3, 7, 11], [255, 0, 0]]]  # without a key: the high bytes
+
+
+def test_premultiplied_grey_alpha_is_composited_like_plain_grey_alpha():
+    """The docstring listed La as handled, but convert("RGBA") raised on it (and the image was skipped)."""
+    premultiplied = Image.new("La", (2, 1), (64, 128))  # grey 127 at half opacity, premultiplied
+    plain = Image.new("LA", (2, 1), (127, 128))
+    assert np.asarray(to_rgb(premultiplied)).tolist() == np.asarray(to_rgb(plain)).tolist()
+    assert abs(int(np.asarray(to_rgb(plain))[0, 0, 0]) - 191) <= 1  # half-way to white
 
 
 # -- colour spaces, bit depths, frames ----------------------------------------------------------------------------
@@ -241,6 +291,49 @@ def test_a_truncated_jpeg_is_warned_about_once_per_run(tmp_path, caplog):
         for _ in range(4):
             assert [p.name for _, ps in iter_image_batches(files, as_tensor, 4) for p in ps] == ["good.png"]
     assert caplog.text.count("trunc.jpg") == 1 and state.decodes == 2
+
+
+def test_every_unreadable_file_is_named_in_a_warning_of_its_own(tmp_path, caplog):
+    """Past the 10th, unreadable files were skipped without a line: the spec wants each one named."""
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
+    for i in range(14):
+        (tmp_path / f"bad{i:02d}.jpg").write_bytes(b"not a jpeg")
+    with caplog.at_level(logging.WARNING), decode_once():
+        readable_images(tmp_path)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 14 and all(f"bad{i:02d}.jpg" in lines[i] for i in range(14))
+
+
+def test_a_file_named_two_ways_is_warned_about_once(tmp_path, caplog):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with caplog.at_level(logging.WARNING), decode_once():
+        for path in (tmp_path / "bad.jpg", tmp_path / "sub" / ".." / "bad.jpg"):
+            with pytest.raises(VWTError):
+                list(iter_image_batches([path], as_tensor, 4))
+    assert len(caplog.records) == 1 and "bad.jpg" in caplog.records[0].getMessage()
+
+
+def test_runs_in_two_threads_do_not_share_their_decoding_state():
+    """decode_once kept its state in a module global: a second thread's run joined the first one's."""
+    entered, release, states = threading.Event(), threading.Event(), {}
+
+    def first():
+        with decode_once() as state:
+            states["first"] = state
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    entered.wait(10)
+    try:
+        with decode_once() as state:
+            states["second"] = state
+    finally:
+        release.set()
+        thread.join(10)
+    assert states["first"] is not states["second"]
 
 
 def test_files_that_are_not_images_are_skipped_one_line_each(tmp_path, caplog):

@@ -2,11 +2,18 @@
 
 Decoding keeps what the image holds (`load_image`); a plain `convert("RGB")` does not for several modes:
 
-    16-bit grey (I;16, I;16B, I;16L, I)  scaled from 0..65535 to 0..255 (convert("RGB") clips at 255: white)
+    16-bit grey (I;16*, and I from PNG, PGM/PPM or a 16-bit TIFF)
+                                         scaled from 0..65535 to 0..255 (convert("RGB") clips at 255: white); a
+                                         16-bit grey PNG's transparent value shows white. Pillow scales a PGM/PPM
+                                         to 0..65535 by its own maximum (a 10-bit PGM reads right)
+    I of 32 bits (TIFF) or unknown depth skipped with a warning: its scale (0..255? 0..65535? more?) would be a guess
     float grey (F)                       values in [0, 1] scaled to 0..255; other ranges are skipped (unknown scale)
     alpha (RGBA, LA, PA, La, RGBa, P or L or RGB with a transparency key)
                                          composited on ALPHA_BACKGROUND (white, as a viewer shows it on a page);
                                          convert("RGB") drops alpha and shows what transparent pixels hide
+    16-bit RGB PNG with a transparency key
+                                         skipped with a warning: Pillow reads it as 8-bit and keeps the 16-bit key,
+                                         so which pixels are transparent cannot be told (without a key: fine)
     EXIF orientation                     applied, as a viewer shows the photo (convert("RGB") ignores it)
     1, L, P, CMYK, YCbCr, LAB, HSV, RGBX Pillow's conversion (CMYK without an ICC profile: Pillow's plain formula)
     animations, multi-page files         the first frame
@@ -19,14 +26,16 @@ averages at least REDUCED_MARGIN x REDUCED_MARGIN source pixels into each output
 MAX_ASPECT times its width (or the other way round) is cut to its centre first, which the centre crop keeps anyway.
 
 Once per run. Inside `decode_once()` (a run of `vwt_export.export` is one) a file that cannot be decoded is
-warned about once and never decoded again, and the preprocessed pixels of recently decoded images are kept
-(DECODED_CACHE_BYTES), so the stages that read the same few images (verification, INT8 calibration, timing,
-polygraphy) do not decode them again.
+warned about once (by its resolved path, however it was named) and never decoded again, and the preprocessed
+pixels of recently decoded images are kept (DECODED_CACHE_BYTES), so the stages that read the same few images
+(verification, INT8 calibration, timing, polygraphy) do not decode them again. The state belongs to the thread
+(a context variable) that entered the block: runs in two threads keep theirs apart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -49,7 +58,6 @@ ALPHA_BACKGROUND = (255, 255, 255)  # transparent pixels show white, as a browse
 REDUCED_MARGIN = 4  # a reduced decode keeps >= 4x the transform's resize target on its shorter side
 MAX_ASPECT = 8  # longer side / shorter side kept before the transform (its centre crop keeps less anyway)
 DECODED_CACHE_BYTES = 256 << 20  # preprocessed pixels kept per run for the images read again
-MAX_LISTED_WARNINGS = 10  # unreadable files named one per line; past this, one line counts the rest
 
 # What decoding a corrupt or unsupported file can raise (DecompressionBombError is an Exception, not an OSError)
 DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
@@ -116,7 +124,7 @@ def readable_images(folder: str | os.PathLike, max_images: int | None = None) ->
     if not good:
         raise VWTError(f"{folder}: none of the {len(files)} image files could be read (first: {bad[0][0].name}: "
                        f"{bad[0][1]}); pass a folder of valid images")
-    state = _current
+    state = _current.get()
     for path, reason in bad:
         _warn_unreadable(state, path, reason)
     return good
@@ -125,8 +133,21 @@ def readable_images(folder: str | os.PathLike, max_images: int | None = None) ->
 # -- decoding ----------------------------------------------------------------------------------------------
 
 
+def _integer_bits(im: Image.Image) -> int | None:
+    """Bits per sample of an integer grey image, where the file says: I;16* modes; I from PNG (16-bit grey) and
+    PGM/PPM (Pillow scales their samples to 0..65535); a TIFF's BitsPerSample. None: unknown."""
+    if im.mode.startswith("I;16") or im.format in ("PNG", "PPM"):
+        return 16
+    bits = getattr(im, "tag_v2", {}).get(258) if im.format == "TIFF" else None
+    return int(bits[0]) if isinstance(bits, tuple) and bits else None
+
+
 def _grey_16bit(im: Image.Image) -> Image.Image:
-    """An integer grey image (I;16*, I) read as 16-bit: 0..65535 -> 0..255."""
+    """An integer grey image (I;16*, I) of 16 bits per sample: 0..65535 -> 0..255."""
+    bits = _integer_bits(im)
+    if bits != 16:
+        raise UnsupportedImage(f"a {f'{bits}-bit' if bits else 'deep'} integer image: its scale is unknown (0..255? "
+                               "0..65535? more?); save it as 8- or 16-bit")
     a = np.asarray(im)
     if a.size and (a.min() < 0 or a.max() > 65535):
         raise UnsupportedImage(f"a {im.mode} image with values in [{a.min()}, {a.max()}]: only 0..65535 (16-bit) "
@@ -150,17 +171,35 @@ def has_alpha(im: Image.Image) -> bool:
     return im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
 
 
+def _on_background(im: Image.Image) -> Image.Image:
+    rgba = im.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """8-bit RGB holding what `im` shows (see the module docstring); UnsupportedImage where that needs a guess."""
+    if im.mode == "La":  # premultiplied: Pillow converts it to LA only
+        im = im.convert("LA")
     if im.mode.startswith("I;16") or im.mode == "I":
-        return _grey_16bit(im).convert("RGB")
+        grey, key = _grey_16bit(im), im.info.get("transparency")
+        if isinstance(key, int):  # a 16-bit grey PNG's transparent value (convert("RGBA") would ignore it)
+            alpha = Image.fromarray(np.where(np.asarray(im) == key, 0, 255).astype(np.uint8), "L")
+            return _on_background(Image.merge("LA", (grey, alpha)))
+        return grey.convert("RGB")
     if im.mode == "F":
         return _grey_float(im).convert("RGB")
     if has_alpha(im):
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return _on_background(im)
     return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def _check_readable(im: Image.Image) -> None:
+    """Before decoding: refuse what Pillow would decode into a silently wrong picture."""
+    if (im.format == "PNG" and im.mode == "RGB" and isinstance(im.info.get("transparency"), tuple)
+            and any(str(t.args).startswith("RGB;16") for t in im.tile)):
+        raise UnsupportedImage("a 16-bit RGB PNG with a transparent colour: Pillow reads it as 8-bit, so which pixels "
+                               "are transparent cannot be told; save it with an alpha channel (RGBA)")
 
 
 def _orientation(im: Image.Image) -> int:
@@ -185,6 +224,7 @@ def load_image(path: str | os.PathLike, target: int | None = None) -> Image.Imag
     of DECODE_ERRORS (UnsupportedImage for values that cannot be read without guessing)."""
     path = Path(path)
     with _open(path) as im:
+        _check_readable(im)
         k = reduction(im.size, target)
         if k > 1 and im.format in ("JPEG", "MPO"):
             im.draft(None, (math.ceil(im.width / k), math.ceil(im.height / k)))  # DCT scaling: decodes 1/k
@@ -246,22 +286,23 @@ class _DecodeState:
             self.bytes -= old.nbytes
 
 
-_current: _DecodeState | None = None
+_current: contextvars.ContextVar[_DecodeState | None] = contextvars.ContextVar("vwt_export_decode_state", default=None)
 
 
 @contextlib.contextmanager
 def decode_once() -> Iterator[_DecodeState]:
     """Within this block (one run), each unreadable file is warned about once and skipped from then on, and
-    recently decoded images are not decoded again. Nested blocks share the outer one's state."""
-    global _current
-    if _current is not None:
-        yield _current
+    recently decoded images are not decoded again. Nested blocks share the outer one's state; another thread
+    starts with none (its own block, its own state)."""
+    outer = _current.get()
+    if outer is not None:
+        yield outer
         return
-    _current = _DecodeState()
+    token = _current.set(_DecodeState())
     try:
-        yield _current
+        yield _current.get()
     finally:
-        _current = None
+        _current.reset(token)
 
 
 def _file_key(path: Path) -> tuple:
@@ -270,17 +311,13 @@ def _file_key(path: Path) -> tuple:
 
 
 def _warn_unreadable(state: _DecodeState | None, path: Path, reason: str) -> None:
+    """One warning naming the file, once per run (by its resolved path, the one the decoded-pixel cache uses)."""
     if state is not None:
-        if path in state.warned:
+        real = path.resolve()
+        if real in state.warned:
             return
-        state.warned.add(path)
-        shown = len(state.warned)
-    else:
-        shown = 1
-    if shown <= MAX_LISTED_WARNINGS:
-        log.warning("skipping unreadable image %s (%s)", path, reason)
-    elif shown == MAX_LISTED_WARNINGS + 1:
-        log.warning("more unreadable images are skipped without a line each (%d so far)", shown)
+        state.warned.add(real)
+    log.warning("skipping unreadable image %s (%s)", path, reason)
 
 
 def iter_image_batches(
@@ -291,7 +328,7 @@ def iter_image_batches(
 ) -> Iterator[tuple[torch.Tensor, list[Path]]]:
     """Yield (pixels[B,C,H,W], paths) batches. Unreadable files are skipped with one warning each (once per
     run inside `decode_once`); if none of them can be read, raise a clear error instead of yielding nothing."""
-    state = _current or _DecodeState()
+    state = _current.get() or _DecodeState()
     target = resize_target(transform)
     transform_key = repr(transform)
     batch: list[torch.Tensor] = []

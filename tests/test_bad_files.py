@@ -121,16 +121,31 @@ def _no_input_model(path):
     (lambda p: (p / "model.engine").mkdir(), "a folder, not a model file"),
     (lambda p: (p / "model.onnx").write_bytes(b""), "onnxruntime cannot load it"),
     (lambda p: (p / "model.onnx").write_text("[1, 2]"), "not a readable ONNX model"),
-    (lambda p: _no_input_model(p / "model.onnx"), "cannot be run as a vwt-export model (IndexError"),
+    (lambda p: _no_input_model(p / "model.onnx"), "cannot be run as a vwt-export model (it has no input)"),
+    (lambda p: _no_input_model(p / "model.vwt.tokenize.onnx") and _no_input_model(p / "model.vwt.trunk.onnx"),
+     "cannot be run as a vwt-export model (it has no input)"),
     (lambda p: (p / "model.vwt.tokenize.onnx").write_bytes(b"junk"), "the trunk stage of model.vwt.onnx is missing"),
     (lambda p: (p / "model.engine").write_bytes(b"x"), "model.engine.json: missing"),
 ])
 def test_runtime_load_refuses_malformed_files_in_one_line(tmp_path, make, message):
     make(tmp_path)
-    path = next(p for p in tmp_path.iterdir() if p.suffix in (".onnx", ".engine"))
+    path = next(p for p in tmp_path.iterdir() if p.suffix in (".onnx", ".engine") and "trunk" not in p.name)
     with pytest.raises(VWTError) as e:
         runtime.load(path)
     assert message in str(e.value) and str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug"), MemoryError()])
+def test_runtime_load_lets_other_errors_through_as_themselves(tmp_path, monkeypatch, error):
+    """Every exception while loading became a VWTError: a bug or running out of memory looked like bad input."""
+    path = _no_input_model(tmp_path / "model.onnx")
+
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr("vwt_export.backends.onnxruntime.create_session", failing)
+    with pytest.raises(type(error)):
+        runtime.load(path)
 
 
 # -- serve ------------------------------------------------------------------------------------------------------

@@ -74,22 +74,18 @@ def load(path: str | os.PathLike, providers: Sequence[str] | None = None, thread
     if not path.is_file():
         raise VWTError(f"{path}: no such model file")
     warn_if_not_as_written(path)
-    try:
-        if path.name.endswith(TOKENIZE_SUFFIX):
-            tokenize, trunk = ort_stages(path, providers, threads)
-            return length_aware(tokenize, trunk, call_overhead)
-        if path.suffix == ".onnx":
-            from .backends.onnxruntime import runner
+    # Files ONNX Runtime cannot load, and graphs it loads but vwt-export cannot call, are VWTError lines from the
+    # backends; anything else (a bug, memory, a provider) propagates as itself.
+    if path.name.endswith(TOKENIZE_SUFFIX):
+        tokenize, trunk = ort_stages(path, providers, threads)
+        return length_aware(tokenize, trunk, call_overhead)
+    if path.suffix == ".onnx":
+        from .backends.onnxruntime import runner
 
-            return runner(path, providers, threads)
-        from .backends.tensorrt import load_engine
+        return runner(path, providers, threads)
+    from .backends.tensorrt import load_engine
 
-        return load_engine(path)
-    except VWTError:
-        raise
-    except Exception as e:  # a file that parses but is no model this runtime can run (no input, say)
-        first = (str(e).splitlines() or [""])[0][:200]
-        raise VWTError(f"{path}: cannot be run as a vwt-export model ({type(e).__name__}: {first})") from None
+    return load_engine(path)
 
 
 def warn_if_not_as_written(path: str | os.PathLike) -> list[str]:
@@ -134,6 +130,7 @@ def ort_stages(tokenize_path: str | os.PathLike, providers: Sequence[str] | None
                threads: int | None = None, spinning: bool = True) -> tuple[Tokenize, Trunk]:
     """ONNX Runtime runners for a tokenize file and the trunk file beside it. The tokenize session never spins
     (see stage_session); `spinning` is the trunk's."""
+    from .backends.onnxruntime import first_input_output
     from .graph.stages import COUNTS, SIZES, TOKENS
 
     tokenize_path = Path(tokenize_path)
@@ -144,11 +141,11 @@ def ort_stages(tokenize_path: str | os.PathLike, providers: Sequence[str] | None
                            "write both stages with vwt_export.graph.stages.split_stages (vwt-export writes them)")
     tok_session = stage_session(tokenize_path, providers, threads, spinning=False)
     trunk_session = stage_session(trunk_file, providers, threads, spinning)
-    pixels_name = tok_session.get_inputs()[0].name
+    pixels_name = first_input_output(tok_session, tokenize_path)[0]
+    logits_name = first_input_output(trunk_session, trunk_file)[1]
     trunk_inputs = {i.name for i in trunk_session.get_inputs()}
     if trunk_inputs != {TOKENS, SIZES}:
         raise VWTError(f"{trunk_file}: not a trunk stage (inputs {sorted(trunk_inputs)}, expected {TOKENS}, {SIZES})")
-    logits_name = trunk_session.get_outputs()[0].name
 
     def tokenize(pixels: np.ndarray):
         merged, sizes, counts = tok_session.run([TOKENS, SIZES, COUNTS], {pixels_name: pixels})

@@ -111,13 +111,22 @@ def create_session(model: str | os.PathLike | onnx.ModelProto, providers: Sequen
         raise VWTError(f"{name}: onnxruntime cannot load it ({type(e).__name__}: {first})") from None
 
 
+def first_input_output(session, model: str | os.PathLike | onnx.ModelProto) -> tuple[str, str]:
+    """The names of a session's first input and output; one line for a graph without either (runnable in ONNX
+    Runtime, but nothing vwt-export can call)."""
+    for kind, values in (("input", session.get_inputs()), ("output", session.get_outputs())):
+        if not values:
+            name = str(model) if not isinstance(model, onnx.ModelProto) else "model"
+            raise VWTError(f"{name}: cannot be run as a vwt-export model (it has no {kind}); export it with vwt-export")
+    return session.get_inputs()[0].name, session.get_outputs()[0].name
+
+
 def runner(model: str | os.PathLike | onnx.ModelProto, providers: Sequence[str] | None = None,
            threads: int | None = None, extra_outputs: Mapping[str, int] | None = None) -> Callable:
     """f(pixels float32 [B, C, H, W]) -> the first output as a numpy array. With `extra_outputs`, the same
     session also serves f.with_extras(pixels) -> (first output, *those tensors)."""
     session = create_session(model, providers, threads, extra_outputs=extra_outputs)
-    name = session.get_inputs()[0].name
-    first = session.get_outputs()[0].name
+    name, first = first_input_output(session, model)
 
     def run(pixels: np.ndarray) -> np.ndarray:
         return session.run([first], {name: np.ascontiguousarray(pixels, dtype=np.float32)})[0]

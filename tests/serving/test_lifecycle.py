@@ -2,6 +2,7 @@
 as on SIGINT/SIGTERM, and when the command is killed outright the server follows it (the kernel's parent-death
 signal, and the watchdog). `serve` also warns about files that differ from the export folder's manifest."""
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -17,13 +18,12 @@ from vwt_export.serving import ServingSettings, write_repository
 from vwt_export.serving import server as srv
 from vwt_export.serving.watchdog import alive, group_members, process_stat
 
-pytestmark = pytest.mark.usefixtures("tritonserver")  # skipped, saying why, without the serving extra
 
 WATCHDOG = Path(srv.__file__).with_name("watchdog.py")
 
 
 @pytest.fixture(scope="module")
-def repo(export_dir, tmp_path_factory):
+def repo(tritonserver, export_dir, tmp_path_factory):  # skipped, saying why, without the serving extra
     """OUT/triton inside an export folder whose manifest lists it (a run of OutputRun around write_repository)."""
     out = tmp_path_factory.mktemp("lifecycle") / "out"
     with OutputRun(out) as run:
@@ -109,6 +109,19 @@ def test_the_watchdog_ends_a_group_that_ignores_sigterm_once_its_starter_goes(tm
     assert watchdog.wait(20) == 0
     stubborn.wait(5)
     assert group_members(stubborn.pid) == []
+
+
+def test_the_parent_death_guard_makes_no_library_lookup_in_the_forked_child(monkeypatch):
+    """preexec_fn called ctypes.CDLL (a dlopen) after the fork, which can deadlock with the parent's threads."""
+    guard = srv.parent_death_guard(os.getpid())  # prctl looked up here, in the parent
+
+    def dlopen_in_the_child(*args, **kwargs):
+        raise AssertionError("a library lookup after fork")
+
+    monkeypatch.setattr(ctypes, "CDLL", dlopen_in_the_child)
+    read_back = "import ctypes; v = ctypes.c_int(); ctypes.CDLL(None).prctl(2, ctypes.byref(v)); print(v.value)"
+    r = subprocess.run([sys.executable, "-c", read_back], preexec_fn=guard, capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == str(int(signal.SIGTERM)), r.stderr  # PR_GET_PDEATHSIG in the child: SIGTERM
 
 
 def test_serve_warns_about_a_file_that_differs_from_the_manifest(repo, tmp_path):

@@ -34,6 +34,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import VWTError
 from . import pbtxt
@@ -140,15 +141,31 @@ def loadable(models: dict[str, dict], backends: set[str]) -> tuple[list[str], di
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent(parent: int) -> None:
-    """In the forked server, before exec: SIGTERM it when the thread that started it dies (the kernel's guard;
-    see watchdog.py for the second one). Ends at once if that parent is already gone."""
+def parent_death_guard(parent: int) -> Callable[[], None]:
+    """A preexec_fn for the server: the kernel SIGTERMs it when the thread that started it ends (watchdog.py is the
+    second guard), and it ends at once if `parent` is already gone.
+
+    PR_SET_PDEATHSIG follows the starting *thread*, not its process: start the server from a thread that lives as
+    long as the server should (`serve` starts it from the main thread). prctl is looked up here, in the parent:
+    the forked child only calls that pointer, because a dlopen or dlsym there (ctypes.CDLL) could deadlock on a
+    loader lock that another thread of the parent (torch's) held at the fork."""
     import ctypes
 
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:
-        os._exit(1)
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        prctl.restype = ctypes.c_int
+    except (OSError, AttributeError):  # no prctl (not Linux): the watchdog alone
+        prctl = None
+    sigterm = int(signal.SIGTERM)
+
+    def guard() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return guard
 
 
 class TritonServer:
@@ -230,13 +247,13 @@ class TritonServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="vwt-triton-"))
         self.log_path = self.workdir / "tritonserver.log"
         cmd = self.command(self._backend_dir())
-        parent = os.getpid()
+        guard = parent_death_guard(os.getpid())
         with open(self.log_path, "wb") as log:
             # a session of its own: stop() can end the server and its Python backend stubs as one group; and it
             # ends when this process does, by the kernel's parent-death signal and by the watchdog
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             env=self._env(), start_new_session=True,
-                                            preexec_fn=lambda: _die_with_parent(parent))
+                                            preexec_fn=guard)
         self._start_watchdog()
         try:
             self.wait_ready(timeout)

@@ -359,6 +359,9 @@ class OutputRun:
 
         check_folder(self.out, self.inputs)
         if self.out.is_dir():
+            holder = _lock_holder(self.out)
+            if holder:
+                raise self._busy(holder)
             self.earlier_run()  # refused files are named before the lock file is made; begin() checks again
         self._created = not self.out.exists()
         try:
@@ -373,13 +376,16 @@ class OutputRun:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise VWTError(f"{self.out / LOCK}: cannot be locked ({e.strerror}); pass another --out") from None
-            raise VWTError(f"{self.out}: another vwt-export run is writing this folder ({holder}); wait for it to "
-                           "finish or pass another --out") from None
+            raise self._busy(holder) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}, run {self.run_id}, started {self.started}\n".encode(), 0)
         self._lock_fd = fd
         _active.add(self.out.resolve())
         return self
+
+    def _busy(self, holder: str) -> VWTError:
+        return VWTError(f"{self.out}: another vwt-export run is writing this folder ({holder}); wait for it to finish "
+                        "or pass another --out")
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -451,6 +457,8 @@ class OutputRun:
         interruption that the manifest records."""
         if self._lock_fd is None:
             raise RuntimeError("OutputRun.begin() outside its with-block")
+        # A Ctrl-C during the move puts back what had moved before it propagates (_move_earlier_run is all or
+        # nothing), so the block is left with OUT as it was found; after it, __exit__ records or undoes the run.
         self.previous = self._move_earlier_run()
         self._begun = True  # from here on, leaving the block with nothing written puts the earlier run back
         self.write_manifest("running")

@@ -17,23 +17,16 @@ from pathlib import Path
 import pytest
 
 from vwt_export import data
-from vwt_export.cli import main
 from vwt_export.demo import write_demo_images
 from vwt_export.outdir import LOCK, MANIFEST, PREVIOUS, OutputRun
 
 from .files import png
+from .test_cli import run_cli
 from .test_outdir import fake_run
 
 TINY = ["vit_tiny_patch16_224", "--model-arg", "img_size=64", "--model-arg", "depth=1", "--model-arg", "num_classes=10",
         "--weights", "random"]
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return exc.value.code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,6 @@ plugin's enqueue, TensorRT 10/11 proper.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 
 from ..atomic import atomic_path, write_text
 from ..errors import VWTError
+from ..outdir import sha256  # one checksum for engine sidecars and output manifests
 from ..plugins import trt_plugin_library
 
 SIDECAR_FORMAT, SIDECAR_VERSION = "vwt-export/engine", 1
@@ -56,14 +56,6 @@ def import_tensorrt() -> tuple[Any, str]:
     except ImportError:
         raise VWTError("TensorRT is not installed: `pip install tensorrt` (TensorRT 10/11, needs NVIDIA's package "
                        "index) or `pip install tensorrt-rtx`; the ONNX Runtime backend works without it") from None
-
-
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

@@ -112,25 +112,17 @@ def serve(repository: Path, http_port: int | None, grpc_port: int | None, metric
             _say(f"stopping ({reason}) ...")
             code = server.stop()
             _say(f"stopped (tritonserver exit code {code})")
-        except (_Stopped, KeyboardInterrupt) as e:  # a stop signal while starting
-            signals.stopping = True
+        except BaseException as e:
+            signals.stopping = True  # no further signal cuts this cleanup short
             if server is not None:
                 server.stop()
-            _say(f"interrupted ({e or 'SIGINT'}) before the server was ready; stopped it")
-            sys.exit(130)
-        except VWTError as e:
-            signals.stopping = True
-            if server is not None:
-                server.stop()
-            if debug:
+            if isinstance(e, (_Stopped, KeyboardInterrupt)):  # a stop signal while starting
+                _say(f"interrupted ({e or 'SIGINT'}) before the server was ready; stopped it")
+                sys.exit(130)
+            if debug or not isinstance(e, Exception):
                 raise
-            _say(f"error: {e}")
-            sys.exit(2)
-        except Exception as e:  # a bug, not bad input: say so plainly
-            signals.stopping = True
-            if server is not None:
-                server.stop()
-            if debug:
-                raise
-            _say(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)")
+            if isinstance(e, VWTError):
+                _say(f"error: {e}")
+                sys.exit(2)
+            _say(f"error: unexpected {type(e).__name__}: {e} (rerun with --debug for the traceback)")  # a bug
             sys.exit(1)

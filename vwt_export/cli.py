@@ -156,11 +156,13 @@ def command(argv: list[str], model: str, demo: bool, quiet: bool, debug: bool, m
     try:
         if demo:
             from .demo import write_demo_images
+            from .outdir import OutputRun
 
             weights = weights or "random"
             if calib is None and options["val"] is None:  # with a --vocab, the scenes are for the checks only
                 out = options["out"] or Path("vwt-out") / f"{model}-{options['mode']}"
-                scenes = write_demo_images(out / "demo-images")
+                with OutputRun(out, [out / "demo-images"]):  # --out checked and locked before the scenes go in
+                    scenes = write_demo_images(out / "demo-images")
                 click.echo(f"demo: {len(list(scenes.glob('*.png')))} synthetic images in {scenes}", err=True)
                 if methods.get(options["mode"]).needs_vocabulary and options["vocab"]:
                     options["val"] = scenes

@@ -25,7 +25,9 @@ from . import artefacts, methods
 from .artefacts import Graph, Variant
 from .check.context import ExportResult, Run, read_inputs
 from .config import ExportConfig
+from .data import decode_once
 from .errors import VWTError
+from .outdir import OutputRun
 
 log = logging.getLogger("vwt_export")
 
@@ -34,14 +36,20 @@ def export(config: ExportConfig | str, **options: Any) -> ExportResult:
     """Run the whole job. `config` is an ExportConfig, or a model name with the command line's options as
     keyword arguments (`vx.export("deit_s", mode="intra", keep=0.5, val="val/")`). Raises VWTError on bad input,
     before any slow work wherever the input can be checked up front."""
+    cfg = config if isinstance(config, ExportConfig) else ExportConfig.from_options(config, **options)
+    with OutputRun.for_config(cfg) as folder, decode_once():  # --out checked and locked; each image decoded once
+        inputs = read_inputs(cfg)
+        folder.begin()  # an earlier run's files moved to OUT/.previous/; OUT/manifest.json is written last
+        return _export(cfg, inputs)
+
+
+def _export(cfg: ExportConfig, inputs) -> ExportResult:
     from .check.accuracy import check_torch
     from .check.polygraphy import polygraphy_files
     from .check.report import write_report, write_summary
     from .check.sweep import run_sweep
     from .check.variants import measure_variants
 
-    cfg = config if isinstance(config, ExportConfig) else ExportConfig.from_options(config, **options)
-    inputs = read_inputs(cfg)
     run = Run(cfg, load(cfg), inputs)
     vocab = inputs.vocab
     if cfg.needs_vocabulary and vocab is None:

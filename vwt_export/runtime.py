@@ -67,21 +67,48 @@ def load(path: str | os.PathLike, providers: Sequence[str] | None = None, thread
     *.tokenize.onnx file: length-aware batching with the *.trunk.onnx beside it (see the module docstring).
     `runner(pixels)` returns the logits; every runner has the interface of backends/base.py."""
     path = Path(path)
-    if path.name.endswith(TOKENIZE_SUFFIX):
-        tokenize, trunk = ort_stages(path, providers, threads)
-        return LengthAwareRunner(tokenize, trunk, call_overhead, name=str(path))
     if path.name.endswith(TRUNK_SUFFIX):
         raise VWTError(f"{path}: a trunk stage takes tokens, not pixels; load "
                        f"{path.name[: -len(TRUNK_SUFFIX)]}{TOKENIZE_SUFFIX} (length-aware batching) instead")
+    if path.suffix not in (".onnx", ".engine"):
+        raise VWTError(f"{path}: unknown model format (expected .onnx or .engine)")
+    if path.is_dir():
+        raise VWTError(f"{path}: a folder, not a model file")
+    if not path.is_file():
+        raise VWTError(f"{path}: no such model file")
+    warn_if_not_as_written(path)
+    # Files ONNX Runtime cannot load, and graphs it loads but vwt-export cannot call, are VWTError lines from the
+    # backends; anything else (a bug, memory, a provider) propagates as itself.
+    if path.name.endswith(TOKENIZE_SUFFIX):
+        tokenize, trunk = ort_stages(path, providers, threads)
+        return LengthAwareRunner(tokenize, trunk, call_overhead, name=str(path))
     if path.suffix == ".onnx":
         from .backends.onnxruntime import OrtRunner
 
         return OrtRunner(path, providers, threads)
-    if path.suffix == ".engine":
-        from .backends.tensorrt import EngineRunner
+    from .backends.tensorrt import EngineRunner
 
-        return EngineRunner(path)
-    raise VWTError(f"{path}: unknown model format (expected .onnx or .engine)")
+    return EngineRunner(path)
+
+
+def warn_if_not_as_written(path: str | os.PathLike) -> list[str]:
+    """Warn (logger vwt_export.runtime) where `path`, or a file loaded with it (the trunk beside a tokenize stage,
+    an engine's sidecar), differs from the vwt-export manifest of its output folder, or comes from a run that did
+    not complete (vwt_export.outdir.manifest_problems). Returns the warnings."""
+    import logging
+
+    from .outdir import manifest_problems
+
+    path = Path(path)
+    related = [path]
+    if path.name.endswith(TOKENIZE_SUFFIX):
+        related.append(trunk_path(path))
+    if path.suffix == ".engine":
+        related.append(Path(f"{path}.json"))
+    problems = manifest_problems(related)
+    for line in problems:
+        logging.getLogger(__name__).warning("%s", line)
+    return problems
 
 
 def trunk_path(tokenize_path: str | os.PathLike) -> Path:

@@ -113,6 +113,16 @@ def create_session(model: str | os.PathLike | onnx.ModelProto, providers: Sequen
         raise VWTError(f"{name}: onnxruntime cannot load it ({type(e).__name__}: {first})") from None
 
 
+def first_input_output(session, model: str | os.PathLike | onnx.ModelProto) -> tuple[str, str]:
+    """The names of a session's first input and output; one line for a graph without either (runnable in ONNX
+    Runtime, but nothing vwt-export can call)."""
+    for kind, values in (("input", session.get_inputs()), ("output", session.get_outputs())):
+        if not values:
+            name = str(model) if not isinstance(model, onnx.ModelProto) else "model"
+            raise VWTError(f"{name}: cannot be run as a vwt-export model (it has no {kind}); export it with vwt-export")
+    return session.get_inputs()[0].name, session.get_outputs()[0].name
+
+
 # the graph tensors a compressed graph's tokens are read from: TokenMerge's sizes (inter), the selection (intra)
 TOKEN_PROBES = (ops.SIZES_TENSOR, ops.SELECTED_TENSOR)
 
@@ -143,6 +153,7 @@ class OrtRunner(Runner):
             if self.probe:
                 extra.setdefault(self.probe, onnx.TensorProto.FLOAT)
         self.session = create_session(model, providers, threads, extra_outputs=extra, spinning=spinning)
+        first_input_output(self.session, model)  # a graph without an input or output is one line, not an IndexError
         if providers and providers[0] != "CPUExecutionProvider":
             self.kind = f"onnxruntime-{providers[0].removesuffix('ExecutionProvider').lower()}"
         self.inputs = [i.name for i in self.session.get_inputs()]

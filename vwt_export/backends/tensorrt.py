@@ -23,7 +23,6 @@ plugin's enqueue, TensorRT 10/11 proper.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import sys
@@ -35,6 +34,7 @@ import numpy as np
 
 from ..atomic import atomic_path, write_text
 from ..errors import VWTError
+from ..outdir import sha256  # one checksum for engine sidecars and output manifests
 from ..plugins import trt_plugin_library
 from ..version import __version__
 from .base import Runner
@@ -58,14 +58,6 @@ def import_tensorrt() -> tuple[Any, str]:
     except ImportError:
         raise VWTError("TensorRT is not installed: `pip install tensorrt` (TensorRT 10/11, needs NVIDIA's package "
                        "index) or `pip install tensorrt-rtx`; the ONNX Runtime backend works without it") from None
-
-
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -273,7 +265,10 @@ def current_gpu() -> dict:
 
 
 def read_sidecar(engine_path: str | os.PathLike) -> dict:
+    """The engine's JSON sidecar, every field check_sidecar and load_engine read of its documented type."""
     path = sidecar_path(engine_path)
+    if Path(engine_path).is_dir():
+        raise VWTError(f"{engine_path}: a folder, not an engine file")
     if not Path(engine_path).is_file():
         raise VWTError(f"{engine_path}: no such engine file")
     if not path.is_file():
@@ -282,8 +277,25 @@ def read_sidecar(engine_path: str | os.PathLike) -> dict:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VWTError(f"{path}: corrupt sidecar ({e}); rebuild the engine") from None
-    if data.get("format") != SIDECAR_FORMAT or not isinstance(data.get("tensorrt"), dict):
-        raise VWTError(f"{path}: not a vwt-export engine sidecar")
+    except OSError as e:
+        raise VWTError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise VWTError(f"{path}: not a vwt-export engine sidecar (a JSON {type(data).__name__} without "
+                       f"format {SIDECAR_FORMAT!r}); rebuild the engine")
+
+    def field_of(obj: Any, key: str, types: type | tuple, where: str) -> Any:
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise VWTError(f"{path}: malformed sidecar ({where}{key} is {value!r}); rebuild the engine")
+        return value
+
+    trt_info = field_of(data, "tensorrt", dict, "")
+    field_of(trt_info, "flavour", str, "tensorrt.")
+    field_of(trt_info, "version", str, "tensorrt.")
+    field_of(field_of(data, "gpu", dict, ""), "compute_capability", str, "gpu.")
+    plugin = data.get("plugin_library")
+    if plugin is not None:
+        field_of(field_of(data, "plugin_library", dict, ""), "sha256", str, "plugin_library.")
     return data
 
 

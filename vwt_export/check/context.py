@@ -84,8 +84,6 @@ def read_inputs(cfg) -> Inputs:
         from ..backends.tensorrt import import_tensorrt
 
         import_tensorrt()  # no TensorRT, no point exporting for it
-    if cfg.out.exists() and not cfg.out.is_dir():
-        raise VWTError(f"{cfg.out}: exists and is not a folder; pass another --out")
     labels = read_labels(d.check_folder, check) if check else None
     return Inputs(calib, check, vocab, labels)
 

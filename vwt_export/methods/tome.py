@@ -26,7 +26,9 @@ class ToMe(Method):
         return export_tome(reference)
 
     def settings(self, spec, reference):
-        return {"r": spec.r, "prop_attn": True, "block_tokens": list(reference.block_tokens)}
+        # r as used: a block merges fewer where too few tokens are left (ToMeViT warns once); r_requested as asked
+        return {"r": list(reference.block_r), "r_requested": spec.r, "prop_attn": True,
+                "block_tokens": list(reference.block_tokens)}
 
     def describe(self, settings):
-        return f", r {settings.get('r')} (ToMe, proportional attention)"
+        return f", r {settings.get('r_requested')} (ToMe, proportional attention; merges per block {settings.get('r')})"

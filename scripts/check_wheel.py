@@ -17,8 +17,8 @@ the custom op there. Exit 0 when every check holds; each step prints its time.
    registered must lie inside the fresh environment, vwt_export must import from there, the model cards must load
    from the wheel, and the `vwt-export` command must run.
 
-Exit codes: 0 all checks pass; 1 a check failed; 3 the dependencies could not be installed (no index reachable),
-so nothing about the wheel was learned.
+Exit codes: 0 all checks pass; 1 a check failed; 3 pip could not fetch hatchling or the wheel's dependencies (no
+package index reachable), so nothing about the wheel was learned.
 """
 
 from __future__ import annotations
@@ -52,11 +52,23 @@ def fail(what: str, proc: subprocess.CompletedProcess | None = None) -> None:
     raise SystemExit(1)
 
 
+def no_index(proc: subprocess.CompletedProcess, what: str) -> None:
+    """Exit DEPENDENCIES_UNAVAILABLE when pip failed because no package index could be reached."""
+    text = proc.stdout + proc.stderr
+    # a network error, not merely "no matching distribution" (which a wrong requirement gives too: that must fail)
+    if any(s in text for s in ("NewConnectionError", "Temporary failure in name resolution", "Network is unreachable",
+                               "Max retries exceeded", "ConnectTimeout", "ProxyError")):
+        print(f"check_wheel: {what}: a package could not be fetched (no package index reachable):\n{text[-2000:]}",
+              file=sys.stderr)
+        raise SystemExit(DEPENDENCIES_UNAVAILABLE)
+
+
 def build_wheel(dist: Path) -> Path:
     t0 = time.perf_counter()
     proc = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", str(dist),
                 str(ROOT)])
     if proc.returncode != 0:
+        no_index(proc, "building the wheel (hatchling comes from the index)")
         fail("building the wheel", proc)
     wheel = next(dist.glob("vwt_export-*.whl"))
     step(f"built {wheel.name}", t0)
@@ -132,12 +144,7 @@ def make_venv(venv: Path, wheel: Path, pip_args: list[str]) -> Path:
     proc = run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-compile",
                 "-c", str(constraints), *pip_args, str(wheel)])
     if proc.returncode != 0:
-        text = proc.stdout + proc.stderr
-        if any(s in text for s in ("No matching distribution", "Could not find a version", "NewConnectionError",
-                                   "Temporary failure in name resolution", "Network is unreachable")):
-            print("check_wheel: the wheel's dependencies could not be installed (no package index reachable):\n"
-                  + text[-2000:], file=sys.stderr)
-            raise SystemExit(DEPENDENCIES_UNAVAILABLE)
+        no_index(proc, "installing the wheel's dependencies")
         fail("installing the wheel", proc)
     step(f"installed {wheel.name} and its dependencies into a fresh {venv}", t0)
     return python

@@ -21,7 +21,7 @@ def test_wheel_runs_a_vwt_graph_in_a_fresh_environment(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_wheel.py"), "--work", str(tmp_path)],
                           capture_output=True, text=True, env=env)
     if proc.returncode == 3:
-        pytest.skip("the wheel's dependencies could not be installed (no package index reachable): "
-                    + proc.stderr.strip().splitlines()[-1][:300])
+        pytest.skip("pip could not fetch hatchling or the wheel's dependencies (no package index reachable): "
+                    + proc.stderr.strip().splitlines()[0][:300])
     assert proc.returncode == 0, proc.stdout + proc.stderr[-6000:]
     assert "check_wheel: all checks passed" in proc.stdout

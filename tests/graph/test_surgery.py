@@ -65,7 +65,8 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", params=sorted(CASES))
+# DeiT-T at full size: the full tier (make test); the small distilled model covers the same paths in make test-fast
+@pytest.fixture(scope="module", params=[pytest.param("deit_t", marks=pytest.mark.slow), "p14_distilled"])
 def exported(request):
     model = CASES[request.param]()
     return request.param, model, export_model(model)

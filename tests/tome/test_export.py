@@ -14,7 +14,9 @@ from vwt_export.vwt import NEAR_TIE_EPS
 R = 4
 
 
-@pytest.fixture(scope="module", params=["registers", "avg"])
+# ToMe's export takes tens of seconds per shape: both in the full tier (make test), neither in make test-fast
+@pytest.fixture(scope="module", params=[pytest.param("registers", marks=pytest.mark.slow),
+                                        pytest.param("avg", marks=pytest.mark.slow)])
 def exported(request, tome_models):
     """(ToMeViT, its ONNX graph): three prefix tokens (class + 2 registers) or none with size-weighted pooling."""
     tmodel = compress_tome(tome_models[request.param], R)

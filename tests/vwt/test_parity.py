@@ -95,6 +95,7 @@ def test_proportional_attention_matches_reference(tiny_models, vocabs, key):
         close(ours[i : i + 1], expected)
 
 
+@pytest.mark.slow
 def test_deit_s_full_size_batch_16_matches_reference():
     model = vx.load_model("deit_s", weights="random")
     x = blocky_images(16, 224, cells=14, seed=7)

@@ -3,7 +3,6 @@ with grouping local, only 4-connected patches of a word merge (after ImagePiece'
 
 from __future__ import annotations
 
-from ..graph.surgery import inter_graph
 from ..vwt.inter import GROUPINGS
 from ..vwt.model import CompressedViT
 from .intra import SPACE
@@ -32,6 +31,7 @@ class Inter(Method):
                              prop_attn=spec.prop_attn, grouping=spec.grouping).eval()
 
     def graph(self, base, reference, spec):
+        from ..graph.surgery import inter_graph  # onnx-graphsurgeon: only where graphs are built
         return inter_graph(base, reference.unit_words.cpu().numpy(), spec.threshold, space=reference.space,
                            grid_w=reference.grid_w, prop_attn=spec.prop_attn, pooling=reference.model.global_pool)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ..errors import VWTError
-from ..graph.surgery import intra_graph
 from ..vwt.features import SPACES
 from ..vwt.model import CompressedViT
 from .options import Option
@@ -44,6 +43,7 @@ class Intra(Method):
                              prop_attn=spec.prop_attn).eval()
 
     def graph(self, base, reference, spec):
+        from ..graph.surgery import intra_graph  # onnx-graphsurgeon: only where graphs are built
         return intra_graph(base, reference.keep_count, space=reference.space)
 
     def settings(self, spec, reference):

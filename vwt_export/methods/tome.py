@@ -3,7 +3,6 @@ comparator, exported in standard ops with static shapes."""
 
 from __future__ import annotations
 
-from ..graph.tome_export import export_tome
 from ..tome import compress_tome
 from .options import Option
 from .registry import Method, register
@@ -23,6 +22,7 @@ class ToMe(Method):
         return compress_tome(model, spec.r, prop_attn=True)  # ToMe's own setting, whatever prop_attn says
 
     def graph(self, base, reference, spec):
+        from ..graph.tome_export import export_tome  # onnx-graphsurgeon: only where graphs are built
         return export_tome(reference)
 
     def settings(self, spec, reference):

@@ -72,7 +72,8 @@ def _print_result(result) -> None:
 def _click_option(option: methods.Option):
     """A method's option as a flag, from its one declaration (default, range, choices, help)."""
     if option.kind is bool:
-        return click.option(option.flag, option.name, is_flag=True, help=option.help)
+        return click.option(f"{option.flag}/--no-{option.flag[2:]}", option.name, default=option.default,
+                            show_default=True, help=option.help)
     if option.choices:
         kind = click.Choice(option.choices)
     elif option.parser is not None:

@@ -29,6 +29,7 @@ import onnx_graphsurgeon as gs
 import torch
 
 from ..errors import VWTError
+from ..vwt import defaults
 from ..vwt.inter import cosine_threshold, grid_width, normalized_words
 from ..vwt.merge import PAD_BIAS
 from . import ops
@@ -435,9 +436,10 @@ def intra_graph(model: onnx.ModelProto, keep: int, *, space: str = "image") -> o
     return token_pass(model, lambda graph, site: graph.vwt_insert_intra(site, keep, space))
 
 
-def apply_vwt(model: onnx.ModelProto, mode: str, *, vocab: np.ndarray | None = None, threshold: float = 0.1,
-              keep: int | None = None, space: str = "image", prop_attn: bool = False,
-              pooling: str | None = None, grouping: str = "global") -> onnx.ModelProto:
+def apply_vwt(model: onnx.ModelProto, mode: str, *, vocab: np.ndarray | None = None,
+              threshold: float = defaults.THRESHOLD, keep: int | None = None, space: str = "image",
+              prop_attn: bool = defaults.PROP_ATTN, pooling: str | None = None,
+              grouping: str = defaults.GROUPING) -> onnx.ModelProto:
     """inter_graph or intra_graph by mode name, from raw words (normalised here) and a grouping (global, or local:
     grid_w = the graph's patch grid width). Options are taken as given: vwt_export.methods checks them."""
     if mode == "inter":

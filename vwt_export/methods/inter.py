@@ -3,15 +3,16 @@ with grouping local, only 4-connected patches of a word merge (after ImagePiece'
 
 from __future__ import annotations
 
+from ..vwt import defaults
 from ..vwt.inter import GROUPINGS
 from ..vwt.model import CompressedViT
 from .intra import SPACE
 from .options import Option
 from .registry import Method, register
 
-THRESHOLD = Option("threshold", 0.1, "inter: largest cosine distance at which a patch matches a word",
+THRESHOLD = Option("threshold", defaults.THRESHOLD, "inter: largest cosine distance at which a patch matches a word",
                    bounds=(0.0, 2.0), why="cosine distance lies in [0, 2]")
-GROUPING = Option("grouping", "global", "inter: global merges every patch matching a word; local only touching ones",
+GROUPING = Option("grouping", defaults.GROUPING, "inter: global merges every patch matching a word; local only touching ones",
                   kind=str, choices=GROUPINGS)
 
 

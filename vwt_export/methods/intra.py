@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import VWTError
+from ..vwt import defaults
 from ..vwt.features import SPACES
 from ..vwt.model import CompressedViT
 from .options import Option
@@ -26,7 +27,7 @@ def parse_keep(value: int | float | str) -> int | float:
     return value
 
 
-KEEP = Option("keep", 0.75, "intra: fraction of patches (0.75) or a count (147)", parser=parse_keep)
+KEEP = Option("keep", defaults.KEEP, "intra: fraction of patches (0.75) or a count (147)", parser=parse_keep)
 SPACE = Option("space", None, "feature space patches are compared in  [default: the vocabulary's, else image]",
                kind=str, choices=SPACES)
 

@@ -24,9 +24,10 @@ from types import MappingProxyType
 from typing import Any, ClassVar, Iterable, Mapping
 
 from ..errors import VWTError
+from ..vwt import defaults
 from .options import Option
 
-PROP_ATTN = Option("prop_attn", False, "proportional attention: weight merged tokens by their size", kind=bool)
+PROP_ATTN = Option("prop_attn", defaults.PROP_ATTN, "proportional attention: weight merged tokens by their size", kind=bool)
 COMMON = (PROP_ATTN,)  # options every method takes; methods without merged tokens have nothing to weight
 
 

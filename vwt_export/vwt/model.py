@@ -18,6 +18,7 @@ import torch.nn as nn
 from .. import models as _models
 from ..errors import VWTError
 from ..heads import forward_head
+from . import defaults
 from .features import flatten_patch_tokens, image_patches, check_image_size
 from .inter import grid_width, match_keys, near_ties, normalized_words
 from .intra import keep_indices, resolve_keep, select_tokens
@@ -35,9 +36,9 @@ class CompressedViT(nn.Module):
     from them and the model is derived here, once: `space`, `unit_words` (the normalised words, which the graph
     pass reads too), `keep_count` and `grid_w`."""
 
-    def __init__(self, model: nn.Module, mode: str, *, vocab: Vocabulary | None = None, threshold: float = 0.1,
-                 keep: int | float = 0.75, space: str | None = None, prop_attn: bool = False,
-                 grouping: str = "global"):
+    def __init__(self, model: nn.Module, mode: str, *, vocab: Vocabulary | None = None, threshold: float = defaults.THRESHOLD,
+                 keep: int | float = defaults.KEEP, space: str | None = None, prop_attn: bool = defaults.PROP_ATTN,
+                 grouping: str = defaults.GROUPING):
         super().__init__()
         if mode not in MODES:
             raise VWTError(f"unknown mode '{mode}' (use one of {', '.join(MODES)})")
@@ -143,9 +144,9 @@ class CompressedViT(nn.Module):
         return self.forward_head(x, sizes)
 
 
-def compress(model: nn.Module, mode: str = "inter", *, vocab: Vocabulary | None = None, threshold: float = 0.1,
-             keep: int | float = 0.75, space: str | None = None, prop_attn: bool = False,
-             grouping: str = "global") -> CompressedViT:
+def compress(model: nn.Module, mode: str = "inter", *, vocab: Vocabulary | None = None, threshold: float = defaults.THRESHOLD,
+             keep: int | float = defaults.KEEP, space: str | None = None, prop_attn: bool = defaults.PROP_ATTN,
+             grouping: str = defaults.GROUPING) -> CompressedViT:
     """Wrap a timm ViT (from `load_model`) with VWT token compression, options unchecked (vx.compress checks
     them, and builds every registered method: vwt_export.methods).
 

@@ -41,7 +41,8 @@ def test_report_json_follows_the_schema(run_dir):
     for name, v in report["variants"].items():
         assert set(v["accuracy"]) == {"top1", "top5"}
         assert set(v["fidelity"]) == {"top1_agreement", "top5_overlap", "kl_divergence", "cosine_similarity"}
-        assert set(v["latency"]) == {"1", "2"} and v["latency"]["1"]["runs"] == 2
+        assert set(v["latency"]) == {"1", "2"} and v["latency"]["1"]["runs"] == 2 * 6  # each image in turn
+        assert v["latency"]["2"]["runs"] == 2
         assert v["energy"]["available"] is False and v["energy"]["reason"]
         assert (v["merge_share"] is not None) == v["vwt"]
         assert len(v["tokens"]["counts"]) == 6

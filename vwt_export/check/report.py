@@ -16,6 +16,7 @@ report.json, version 1:
                against (a stage pair: its one graph)}}: FP32 and FP16 graphs against torch
   measured     {file: {file, against, images, cosine_mean, cosine_min, top1_agreement | null, max_rel_err}}:
                quantized graphs and stage pairs against the graph they come from (check/verify.py)
+  timing       {reps, warmup, images_at_batch_1}: the one interleaved run every latency comes from (check/variants.py)
   not_measured [{what, why}]
   polygraphy   {inputs, outputs: {file: reference}, commands}
   sweep        (with --sweep) {images, quality, plot, ranked: [{label, method, file, quality, tokens, latency_ms,
@@ -66,8 +67,8 @@ def markdown(report: dict) -> str:
                   "show that every variant runs and agrees with its reference.", ""]
     imgs = report["images"]
     lines += [f"Mode **{s['mode']}**" + _describe(s) + f". {imgs['count']} check images from `{imgs['folder']}` ({'labelled' if imgs['labelled'] else 'no labels: fidelity only'}).",
-              f"Backend: ONNX Runtime {report['environment']['onnxruntime']} CPU, {report['environment']['cpu_count']} cores; "
-              "all variants timed in one interleaved run.", ""]
+              f"Backend: ONNX Runtime {report['environment']['onnxruntime']} CPU, {report['environment']['cpu_count']} cores. "
+              + _timing_sentence(report), ""]
     batches = sorted({int(b) for v in report["variants"].values() for b in v["latency"]})
     head = ["variant", "top-1", "top-5", "agree (top-1)", "KL", "cosine", "tokens"] + [f"p50 ms @{b}" for b in batches] + \
            [f"img/s @{batches[-1]}" if batches else "img/s", "J/img"]
@@ -128,6 +129,18 @@ def markdown(report: dict) -> str:
     if report.get("plots"):
         lines += [f"![{Path(p).stem}]({p})" for p in report["plots"]] + [""]
     return "\n".join(lines)
+
+
+def _timing_sentence(report: dict) -> str:
+    """How the latencies were measured: one run for every figure in the report, the sweep's and the plots'."""
+    t = report.get("timing")
+    if not t:
+        return "All variants timed in one interleaved run."
+    what = "every variant" + (" and sweep setting" if report.get("sweep") else "")
+    return (f"Every latency in this report, the plots' included, comes from one interleaved timing run of {what}: "
+            f"p50 of {t['reps']} repetitions after {t['warmup']} discarded; at batch 1 each repetition runs each of "
+            f"the first {t['images_at_batch_1']} check images in turn (a compressed variant's latency depends on the "
+            "image), a larger batch runs one batch of the first images.")
 
 
 def _describe(settings: dict) -> str:
@@ -225,6 +238,7 @@ def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: di
 
     from ..models import is_headless
     from ..version import __version__
+    from .variants import TIMED_IMAGES, WARMUP
 
     cfg, model = run.cfg, run.model
     report = {
@@ -244,6 +258,8 @@ def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: di
         "variants": {name: asdict(v) for name, v in variants.items()},
         **run.serialised(),
         "polygraphy": polygraphy,
+        "timing": {"reps": cfg.checks.reps, "warmup": WARMUP,
+                   "images_at_batch_1": min(TIMED_IMAGES, len(run.images.files))},
         **({"sweep": sweep} if sweep else {}),
         "plots": [],
     }

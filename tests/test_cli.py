@@ -177,8 +177,12 @@ def test_a_vocabulary_with_duplicate_words_completes_and_reports_near_ties(tmp_p
     for name in ("model.vwt.onnx", "model.vwt.portable.onnx"):
         check = summary["onnx"][name]
         assert check["verified"] and check["near_ties"] > 0 and check["matches_differ"] <= check["near_ties"]
-    assert "near-ties:" in stdout
-    assert "near-tie patches" in (out / "report.md").read_text()
+    ties = summary["near_ties"]  # counted one way: the console, summary.json and report.md say the same numbers
+    assert f"near-ties: {ties['patches']} patches in {ties['images']} of {ties['of_images']} verification images" in stdout
+    worst = summary["onnx"][ties["file"]]
+    assert (worst["near_ties"], worst["images_with_near_ties"]) == (ties["patches"], ties["images"])
+    line = next(l for l in (out / "report.md").read_text().splitlines() if l.startswith(f"- `{ties['file']}`"))
+    assert f"{ties['patches']} near-tie patches in {ties['images']} image" in line
 
 
 @pytest.mark.slow

@@ -57,14 +57,15 @@ def _print_result(result) -> None:
             click.echo(f"agreement with the uncompressed model on {t['images']} images: top-1 {t['top1_agreement']:.1%}, "
                        f"top-5 overlap {t['top5_overlap']:.1%}, max |logit diff| {t['max_abs_logit_diff']:.3g}")
     ties = result.near_ties
-    if ties["patches"]:
-        click.echo(f"near-ties: {ties['patches']} patches in {ties['images']} verification images could match either "
-                   "of two words (counted, not errors; see report.md)")
+    if ties["images"]:
+        from .check.verify import near_tie_summary
+
+        click.echo(f"near-ties: {near_tie_summary(ties)} (counted, not errors; see report.md's Verification)")
     if result.report:
-        from .check.report import markdown
+        from .check.report import VERIFICATION_HEADING, markdown
 
         click.echo("")
-        click.echo(markdown(result.report).split("Graphs verified against torch")[0].split("Not measured:")[0].rstrip())
+        click.echo(markdown(result.report).split(VERIFICATION_HEADING)[0].split("Not measured:")[0].rstrip())
     for path in result.written:
         click.echo(f"wrote {path}", err=True)
 

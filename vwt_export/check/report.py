@@ -32,7 +32,9 @@ from typing import Any
 
 from ..atomic import atomic_path, write_text
 from ..errors import VWTError
-from .verify import FLOOR_COSINE
+from .verify import FLOOR_COSINE, describe_measurement, describe_verification
+
+VERIFICATION_HEADING = "## Verification"
 
 SCHEMA, VERSION = "vwt-export/report", 1
 REQUIRED = ("schema", "version", "created", "model", "settings", "environment", "images", "variants", "not_measured")
@@ -102,24 +104,15 @@ def markdown(report: dict) -> str:
         lines += sweep_markdown(report["sweep"])
     checked, measured = report.get("verification") or {}, report.get("measured") or {}
     if checked or measured:
-        lines += ["Graphs verified against torch on the same images (matches compared exactly except at near-ties, "
-                  "where two words or the threshold are within a hair; those are counted, never errors). Quantized "
-                  "graphs are lossy: measured against the graph they come from, they stop a run only where only a "
-                  f"miswired graph goes (a mean output cosine under {FLOOR_COSINE}, NaN or Inf, another output "
-                  "shape):", ""]
-        for file, c in checked.items():
-            if c["verified"]:
-                ties = (f"; {c['near_ties']} near-tie patches in {c['images_with_near_ties']} images, "
-                        f"{c['matches_differ']} matched differently" if c.get("patches") else "")
-                lines.append(f"- `{file}`: verified against {c.get('against') or 'torch'}: max relative error "
-                             f"{c['max_rel_err']:.1e}{ties}")
-            else:
-                lines.append(f"- `{file}`: not verified: {c['reason']}")
-        for m in measured.values():
-            agree = f", top-1 agreement {m['top1_agreement']:.1%}" if m["top1_agreement"] is not None else ""
-            lines.append(f"- `{m['file']}`: measured against {m['against']} on {m['images']} images: output cosine "
-                         f"{m['cosine_mean']:.4f} mean, {m['cosine_min']:.4f} min{agree} (max relative error "
-                         f"{m['max_rel_err']:.1e})")
+        output = "features" if m.get("headless") else "logits"
+        lines += [VERIFICATION_HEADING, "", "Every graph written, on the same verification images. A float graph must "
+                  "equal what it was checked against within the tolerance, or the run stops; matches are compared "
+                  "exactly except at near-ties, where two words, two merge candidates or the threshold are within a "
+                  "hair (counted, never errors). Quantized graphs are lossy: measured against the graph they come "
+                  "from, they stop a run only where only a miswired graph goes (a mean output cosine under "
+                  f"{FLOOR_COSINE}, NaN or Inf, another output shape).", ""]
+        lines += [describe_verification(key, c, output) for key, c in checked.items()]
+        lines += [describe_measurement(x, output) for x in measured.values()]
         lines.append("")
     lines += ["Not measured:", ""] + [f"- {x['what']}: {x['why']}" for x in report["not_measured"]] + [""]
     pg = report.get("polygraphy")

@@ -5,7 +5,8 @@ report.json, version 1:
   model        name, timm_name, weights, weights_meaningful, headless, num_prefix_tokens, num_patches, tokens_in
   settings     mode, threshold / keep, space, prop_attn, vocab
   environment  python, platform, processor, cpu_count, versions of torch / timm / onnx / onnxruntime / vwt_export
-  images       check folder, count, labelled; calibration folder, count
+  images       check folder, count (decoded), labelled; calibration folder, count; skipped [{file, reason}]:
+               unreadable files left out (also in summary.json)
   variants     {name: {file, backend, precision, vwt, accuracy {top1, top5} | null,
                 fidelity {top1_agreement, top5_overlap, kl_divergence, cosine_similarity} vs fp32
                   (the first three null for a headless model: its outputs are features, not class scores),
@@ -32,7 +33,7 @@ from typing import Any
 
 from ..atomic import atomic_path, write_text
 from ..errors import VWTError
-from .verify import FLOOR_COSINE, describe_measurement, describe_verification
+from .verify import FLOOR_COSINE, describe_measurement, describe_verification, plural
 
 VERIFICATION_HEADING = "## Verification"
 
@@ -71,6 +72,10 @@ def markdown(report: dict) -> str:
     lines += [f"Mode **{s['mode']}**" + _describe(s) + f". {imgs['count']} check images from `{imgs['folder']}` ({'labelled' if imgs['labelled'] else 'no labels: fidelity only'}).",
               f"Backend: ONNX Runtime {report['environment']['onnxruntime']} CPU, {report['environment']['cpu_count']} cores. "
               + _timing_sentence(report), ""]
+    skipped = imgs.get("skipped") or []
+    if skipped:
+        lines += [f"Skipped {plural(len(skipped), 'unreadable image')} (left out of every check and of the "
+                  "calibration):", ""] + [f"- `{x['file']}`: {x['reason']}" for x in skipped] + [""]
     batches = sorted({int(b) for v in report["variants"].values() for b in v["latency"]})
     head = ["variant", "top-1", "top-5", "agree (top-1)", "KL", "cosine", "tokens"] + [f"p50 ms @{b}" for b in batches] + \
            [f"img/s @{batches[-1]}" if batches else "img/s", "J/img"]
@@ -245,9 +250,7 @@ def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: di
                         "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                         "torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
                         "onnxruntime": onnxruntime.__version__, "vwt_export": __version__, "gpu": None},
-        "images": {"folder": str(cfg.data.check_folder), "count": len(run.inputs.check_files),
-                   "labelled": run.inputs.labels is not None,
-                   "calib": str(cfg.data.calib) if cfg.data.calib else None, "calib_count": len(run.inputs.calib_files)},
+        "images": _images(run),
         "variants": {name: asdict(v) for name, v in variants.items()},
         **run.serialised(),
         "polygraphy": polygraphy,
@@ -277,7 +280,7 @@ def write_summary(run, cmodel, vocab, result) -> Path:
     cfg = run.cfg
     summary = {
         **_model_facts(cfg, run.model, cmodel), "mode": cfg.compression.mode, "command": cfg.command,
-        "settings": _settings(cfg, cmodel, vocab),
+        "settings": _settings(cfg, cmodel, vocab), "images": _images(run),
         "versions": {"vwt_export": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
         "onnx": result.verification, "measured": result.measured, "near_ties": result.near_ties,
@@ -290,6 +293,19 @@ def write_summary(run, cmodel, vocab, result) -> Path:
     path = cfg.out / "summary.json"
     write_text(path, json.dumps(summary, indent=2) + "\n")
     return path
+
+
+def _images(run) -> dict:
+    """report.json's and summary.json's images: the folders, the counts, and every unreadable file skipped."""
+    from ..data import skipped_images
+
+    cfg = run.cfg
+    decoded = run.__dict__.get("images")  # Run.images, where the checks decoded them: files that failed are out
+    return {"folder": str(cfg.data.check_folder),
+            "count": len(decoded.files) if decoded is not None else len(run.inputs.check_files),
+            "labelled": run.inputs.labels is not None,
+            "calib": str(cfg.data.calib) if cfg.data.calib else None, "calib_count": len(run.inputs.calib_files),
+            "skipped": skipped_images()}
 
 
 def _model_facts(cfg, model, cmodel) -> dict:

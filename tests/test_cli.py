@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import click
 import pytest
 import torch
 
@@ -193,3 +194,21 @@ def test_demo_with_a_vocabulary_checks_on_the_demo_scenes(tmp_path, images, caps
                                         "1", "--batch", "1", "--out", str(out), "--quiet"], capsys)
     assert code == 0, err
     assert "synthetic images" in err and json.loads((out / "summary.json").read_text())["torch_check"]["images"] == 32
+
+
+def test_every_option_has_help_text():
+    from vwt_export.cli import command
+    from vwt_export.serving import serve
+
+    bare = [p.opts[0] for c in (command, serve) for p in c.params if isinstance(p, click.Option) and not p.help]
+    assert not bare, f"options without help text: {bare}"
+
+
+@pytest.mark.slow
+def test_the_triton_repository_is_reported_written_once(tmp_path, images, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_cli(TINY + ["--weights", "random", "--mode", "intra", "--keep", "8", "--val", str(images),
+                                   "--skip-checks", "--skip-int8", "--triton", "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    assert [line for line in err.splitlines() if str(out / "triton") in line and "wrote" in line] == [
+        f"wrote {out / 'triton'}"], err

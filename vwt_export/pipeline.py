@@ -78,8 +78,7 @@ def _export(cfg: ExportConfig, inputs) -> ExportResult:
         from .serving import write_repository
 
         run.written.append(write_repository(cfg.out, [g.path for g in graphs] + list(engines.values())))
-        log.info("wrote a Triton model repository in %s: serve it with `vwt-export serve %s`", run.written[-1],
-                 run.written[-1])
+        log.info("serve the Triton model repository with `vwt-export serve %s`", run.written[-1])
     result = run.result(graphs, engines, torch_check, report)
     run.written.append(write_summary(run, cmodel, vocab, result))  # the summary describes the result it ends
     return result

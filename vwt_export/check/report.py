@@ -31,8 +31,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..atomic import atomic_path, write_text
 from ..errors import VWTError
+from .plots import Heading
 from .verify import FLOOR_COSINE, describe_measurement, describe_verification, plural
 
 VERIFICATION_HEADING = "## Verification"
@@ -138,7 +141,8 @@ def _timing_sentence(report: dict) -> str:
     return (f"Every latency in this report, the plots' included, comes from one interleaved timing run of {what}: "
             f"p50 of {t['reps']} repetitions after {t['warmup']} discarded; at batch 1 each repetition runs each of "
             f"the first {t['images_at_batch_1']} check images in turn (a compressed variant's latency depends on the "
-            "image), a larger batch runs one batch of the first images.")
+            "image), a larger batch runs one batch of the first images. Idle ONNX Runtime threads sleep rather than "
+            "spin, so that no session's threads take the cores from the next one's.")
 
 
 def _describe(settings: dict) -> str:
@@ -164,7 +168,8 @@ def plots(report: dict, folder: Path) -> list[str]:
     headless = report["model"].get("headless", False)
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    heading = Heading.of_report(report)
+    fig, ax = plt.subplots(figsize=(6, 4.6))
     # the smallest batch timed (JSON turns the batch keys into strings)
     batch = min((int(b) for v in variants.values() for b in v["latency"]), default=1)
     for name, v in variants.items():
@@ -180,22 +185,34 @@ def plots(report: dict, folder: Path) -> list[str]:
     ax.set_ylabel("feature cosine to FP32" if headless else
                   "top-1 accuracy (%)" if labelled else "top-1 agreement with FP32 (%)")
     ax.grid(alpha=0.3)
+    heading.apply(fig, "quality against latency, every variant")
     fig.tight_layout()
     written.append(_save(fig, folder / "accuracy_vs_latency.png"))
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, v in variants.items():
-        if v["vwt"] and (v["tokens"] or {}).get("counts"):  # measured per variant: INT8 may match differently
-            ax.hist(v["tokens"]["counts"], bins=30, alpha=0.5, label=name)
+    fig, ax = plt.subplots(figsize=(6, 4.6))
+    counted = {name: v["tokens"]["counts"] for name, v in variants.items()
+               if v["vwt"] and (v["tokens"] or {}).get("counts")}  # measured per variant: INT8 may match differently
+    if counted:  # side by side in each bin: equal histograms stay apart, each bar in its legend entry's colour
+        lo, hi = min(min(c) for c in counted.values()), max(max(c) for c in counted.values())
+        ax.hist(list(counted.values()), bins=_bins(lo, hi), label=list(counted), histtype="bar", rwidth=0.9)
     ax.axvline(report["model"]["tokens_in"], color="k", linestyle="--", label="uncompressed")
     ax.set_xlabel("tokens per image")
     ax.set_ylabel("images")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
+    heading.apply(fig, "tokens kept per image, compressed variants")
     fig.tight_layout()
     written.append(_save(fig, folder / "tokens.png"))
     plt.close(fig)
     return [str(Path(folder.name) / Path(p).name) for p in written]
+
+
+def _bins(lo: float, hi: float, most: int = 30) -> np.ndarray:
+    """Histogram edges over [lo, hi]: one bin per token count where that is at most `most` bins (counts are
+    whole numbers but for ToMe's block means), else `most` equal bins."""
+    if hi - lo + 1 <= most:
+        return np.arange(np.floor(lo), np.floor(hi) + 2) - 0.5
+    return np.linspace(lo, hi, most + 1)
 
 
 def _quality(v: dict, labelled: bool, headless: bool) -> float | None:
@@ -262,7 +279,7 @@ def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: di
     if cfg.compression.method.groups_patches:
         from .merges import plot_merges
 
-        plot_merges(model, cmodel, run.verification_pixels, cfg.out / "plots" / "merges.png")
+        plot_merges(model, cmodel, run.verification_pixels, cfg.out / "plots" / "merges.png", Heading.of_run(run))
         report["plots"].append("plots/merges.png")
     run.written += write(report, cfg.out)
     return report

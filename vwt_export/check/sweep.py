@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..artefacts import Graph, Variant, find
+from .plots import Heading
 
 log = logging.getLogger("vwt_export")
 
@@ -100,7 +101,7 @@ def rank_settings(run, graphs: list[Graph], settings: list[Setting], measured) -
                         measured.timing[label][1]["p50_ms"]))
     result = {"images": len(images.files), "quality": "top-1 accuracy" if use_accuracy else
               "cosine of the outputs to FP32", "ranked": [asdict(r) for r in rank(rows)], "plot": "plots/tradeoff.png"}
-    plot_tradeoff(result["ranked"], result["quality"], cfg.out / result["plot"])
+    plot_tradeoff(result["ranked"], result["quality"], cfg.out / result["plot"], Heading.of_run(run))
     run.written.append(cfg.out / result["plot"])
     return result
 
@@ -127,7 +128,7 @@ def rank(rows: list[Row]) -> list[Row]:
 MARKERS = {"fp32": "s", "int8": "D", "vwt": "o", "intra": "^", "tome": "v"}
 
 
-def plot_tradeoff(rows: list[dict], quality_name: str, path: Path) -> None:
+def plot_tradeoff(rows: list[dict], quality_name: str, path: Path, heading: Heading | None = None) -> None:
     """Quality against batch-1 latency, one marker per method, the Pareto front drawn."""
     import matplotlib
 
@@ -150,6 +151,8 @@ def plot_tradeoff(rows: list[dict], quality_name: str, path: Path) -> None:
     ax.set_ylabel(quality_name)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if heading:
+        heading.apply(fig, "trade-off sweep: quality against batch-1 latency")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

@@ -113,7 +113,7 @@ def markdown(report: dict) -> str:
     checked, measured = report.get("verification") or {}, report.get("measured") or {}
     if checked or measured:
         output = "features" if m.get("headless") else "logits"
-        lines += [VERIFICATION_HEADING, "", "Every graph written, on the same verification images. A float graph must "
+        lines += ["", VERIFICATION_HEADING, "", "Every graph written, on the same verification images. A float graph must "
                   "equal what it was checked against within the tolerance, or the run stops; matches are compared "
                   "exactly except at near-ties, where two words, two merge candidates or the threshold are within a "
                   "hair (counted, never errors). Quantized graphs are lossy: measured against the graph they come "

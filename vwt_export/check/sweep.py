@@ -54,7 +54,6 @@ def export_settings(run, graphs: list[Graph], vocab) -> list[Setting]:
     """--sweep: every setting exported (OUT/sweep/) and verified against its torch model. measure_variants then
     runs them with the variants, in the same evaluation pass and the same interleaved timing run."""
     import onnx
-    from tqdm.auto import tqdm
 
     from .. import methods
     from ..graph.export import save_model
@@ -64,10 +63,10 @@ def export_settings(run, graphs: list[Graph], vocab) -> list[Setting]:
     base = onnx.load(str(find(graphs, Variant("", "fp32")).path))
     specs = methods.sweep_specs(cfg.checks.sweep, cfg.compression.spec)
     out = []
-    for spec in tqdm(specs, desc="exporting sweep settings", unit="setting", disable=not cfg.progress):
+    for i, spec in enumerate(specs, 1):  # a line each (export and verification log lines would break a bar)
         method = methods.get(spec.method)
         label = method.label({k: spec.values[k] for k in method.sweep_keys})
-        log.info("sweep: exporting %s", label)
+        log.info("sweep: exporting %s (%d of %d)", label, i, len(specs))
         reference = method.build(run.model, spec, vocab)
         path = save_model(method.graph(base, reference, spec), cfg.out / "sweep" / file_name(label))
         run.written.append(path)

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vwt_export as vx  # noqa: E402
-from vwt_export.check.report import markdown  # noqa: E402
+from vwt_export.check.report import VERIFICATION_HEADING, markdown  # noqa: E402
 from vwt_export.demo import write_demo_images  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,4 +33,4 @@ calib = args.calib or write_demo_images(out / "demo-images")
 result = vx.export(args.model, mode="inter", weights=args.weights or ("pretrained" if args.calib else "random"),
                    calib=calib, val=args.val, batches=args.batch, reps=args.reps, out=out, progress=False,
                    command=" ".join(["scripts/bench_variants.py", *sys.argv[1:]]))
-print(markdown(result.report).split("Graphs verified against torch")[0].rstrip())
+print(markdown(result.report).split(VERIFICATION_HEADING)[0].rstrip())

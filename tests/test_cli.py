@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import click
 import pytest
 import torch
 
@@ -177,8 +178,12 @@ def test_a_vocabulary_with_duplicate_words_completes_and_reports_near_ties(tmp_p
     for name in ("model.vwt.onnx", "model.vwt.portable.onnx"):
         check = summary["onnx"][name]
         assert check["verified"] and check["near_ties"] > 0 and check["matches_differ"] <= check["near_ties"]
-    assert "near-ties:" in stdout
-    assert "near-tie patches" in (out / "report.md").read_text()
+    ties = summary["near_ties"]  # counted one way: the console, summary.json and report.md say the same numbers
+    assert f"near-ties: {ties['patches']} patches in {ties['images']} of {ties['of_images']} verification images" in stdout
+    worst = summary["onnx"][ties["file"]]
+    assert (worst["near_ties"], worst["images_with_near_ties"]) == (ties["patches"], ties["images"])
+    line = next(l for l in (out / "report.md").read_text().splitlines() if l.startswith(f"- `{ties['file']}`"))
+    assert f"{ties['patches']} near-tie patches in {ties['images']} image" in line
 
 
 @pytest.mark.slow
@@ -189,3 +194,21 @@ def test_demo_with_a_vocabulary_checks_on_the_demo_scenes(tmp_path, images, caps
                                         "1", "--batch", "1", "--out", str(out), "--quiet"], capsys)
     assert code == 0, err
     assert "synthetic images" in err and json.loads((out / "summary.json").read_text())["torch_check"]["images"] == 32
+
+
+def test_every_option_has_help_text():
+    from vwt_export.cli import command
+    from vwt_export.serving import serve
+
+    bare = [p.opts[0] for c in (command, serve) for p in c.params if isinstance(p, click.Option) and not p.help]
+    assert not bare, f"options without help text: {bare}"
+
+
+@pytest.mark.slow
+def test_the_triton_repository_is_reported_written_once(tmp_path, images, capsys):
+    out = tmp_path / "out"
+    code, _, err = run_cli(TINY + ["--weights", "random", "--mode", "intra", "--keep", "8", "--val", str(images),
+                                   "--skip-checks", "--skip-int8", "--triton", "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    assert [line for line in err.splitlines() if str(out / "triton") in line and "wrote" in line] == [
+        f"wrote {out / 'triton'}"], err

@@ -140,6 +140,10 @@ def test_a_sweep_ranks_every_setting_on_the_same_images(tmp_path):
                       "intra keep=0.5", "tome r=2"}
     rows = {r["label"]: r for r in sweep["ranked"]}
     assert rows["fp32"]["quality"] == pytest.approx(1.0, abs=1e-6)
+    variants = result.report["variants"]  # one evaluation pass and one timing run: the main table's figures, repeated
+    for name in ("fp32", "int8"):
+        assert rows[name]["latency_ms"] == variants[name]["latency"][1]["p50_ms"]
+    assert rows["int8"]["quality"] == variants["int8"]["fidelity"]["cosine_similarity"]
     for r in rows.values():  # the front: no other setting at least as fast and better; off it, one is
         others = [o for o in rows.values() if o is not r]
         beaten = any(o["latency_ms"] <= r["latency_ms"] and o["quality"] >= r["quality"] for o in others)

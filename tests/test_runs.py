@@ -86,6 +86,10 @@ def test_a_rerun_with_other_settings_leaves_only_its_own_files(tmp_path, images,
     assert err.count("truncated.jpg") == 1 and err.count("zz_bomb.png") == 1, err
     assert "too large to decode safely" in err and "DecompressionBombError" not in err
     assert max(decodes.values()) == 1 and decodes["truncated.jpg"] == 1 and "zz_bomb.png" not in decodes, decodes
+    report, summary = (json.loads((out / f).read_text()) for f in ("report.json", "summary.json"))
+    for skipped in (report["images"]["skipped"], summary["images"]["skipped"]):  # not only on the console
+        assert sorted(Path(x["file"]).name for x in skipped) == ["truncated.jpg", "zz_bomb.png"]
+    assert "too large to decode safely" in (out / "report.md").read_text().split("Skipped 2 unreadable images")[1]
 
     decodes.clear()
     code, stdout, err = run_cli(TINY + ["--mode", "intra", "--keep", "8", "--val", str(images), "--batch", "1",

@@ -57,14 +57,15 @@ def _print_result(result) -> None:
             click.echo(f"agreement with the uncompressed model on {t['images']} images: top-1 {t['top1_agreement']:.1%}, "
                        f"top-5 overlap {t['top5_overlap']:.1%}, max |logit diff| {t['max_abs_logit_diff']:.3g}")
     ties = result.near_ties
-    if ties["patches"]:
-        click.echo(f"near-ties: {ties['patches']} patches in {ties['images']} verification images could match either "
-                   "of two words (counted, not errors; see report.md)")
+    if ties["images"]:
+        from .check.verify import near_tie_summary
+
+        click.echo(f"near-ties: {near_tie_summary(ties)} (counted, not errors; see report.md's Verification)")
     if result.report:
-        from .check.report import markdown
+        from .check.report import VERIFICATION_HEADING, markdown
 
         click.echo("")
-        click.echo(markdown(result.report).split("Graphs verified against torch")[0].split("Not measured:")[0].rstrip())
+        click.echo(markdown(result.report).split(VERIFICATION_HEADING)[0].split("Not measured:")[0].rstrip())
     for path in result.written:
         click.echo(f"wrote {path}", err=True)
 
@@ -112,7 +113,8 @@ def _sweep_help() -> str:
 @click.option("--val", type=click.Path(path_type=Path), help="folder of images for the checks  [default: --calib]")
 @click.option("--vocab", type=click.Path(path_type=Path),
               help="vocabulary to use instead of learning one (.safetensors, or a reference vocab.pt)")
-@click.option("--vocab-size", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--vocab-size", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="words in the vocabulary learned from --calib (k-means clusters; near-duplicates merged)")
 @_method_options
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output folder  [default: vwt-out/MODEL-MODE]")
 @click.option("--skip-checks", is_flag=True, help="do not compare against the uncompressed model")
@@ -131,7 +133,9 @@ def _sweep_help() -> str:
               help="TensorRT-RTX: build engines ahead of time for this compute capability (no GPU needed)")
 @click.option("--batch", "batches", default="1,8", show_default=True, help="batch sizes timed, comma-separated")
 @click.option("--reps", type=click.IntRange(min=1), default=10, show_default=True, help="timed repetitions per variant and batch")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="images per batch when learning the vocabulary and running the checks; also the largest batch "
+              "of the TensorRT engines' profiles")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="use at most N images of each folder")
 @click.option("--sweep", multiple=True, metavar="KEY=V1,V2", help=_sweep_help())
 @click.option("--seed", type=int, default=0, show_default=True, help="k-means seed")

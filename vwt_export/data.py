@@ -276,7 +276,7 @@ class _DecodeState:
     """What one run has decoded: failures (never retried, warned about once) and recent preprocessed pixels."""
 
     failed: dict[tuple, str] = field(default_factory=dict)
-    warned: set[Path] = field(default_factory=set)
+    skipped: dict[Path, str] = field(default_factory=dict)  # unreadable file (resolved) -> why, warned about once
     pixels: "OrderedDict[tuple, torch.Tensor]" = field(default_factory=OrderedDict)
     bytes: int = 0
     decodes: int = 0  # files decoded (for the tests: no file twice per run while the cache holds it)
@@ -311,6 +311,13 @@ def decode_once() -> Iterator[_DecodeState]:
         _current.reset(token)
 
 
+def skipped_images() -> list[dict[str, str]]:
+    """The unreadable images this run has skipped so far, [{file, reason}] in the order met (report.json's and
+    summary.json's images.skipped); empty outside a decode_once block."""
+    state = _current.get()
+    return [{"file": str(p), "reason": r} for p, r in state.skipped.items()] if state else []
+
+
 def _file_key(path: Path) -> tuple:
     st = path.stat()
     return str(path.resolve()), st.st_mtime_ns, st.st_size
@@ -320,9 +327,9 @@ def _warn_unreadable(state: _DecodeState | None, path: Path, reason: str) -> Non
     """One warning naming the file, once per run (by its resolved path, the one the decoded-pixel cache uses)."""
     if state is not None:
         real = path.resolve()
-        if real in state.warned:
+        if real in state.skipped:
             return
-        state.warned.add(real)
+        state.skipped[real] = reason
     log.warning("skipping unreadable image %s (%s)", path, reason)
 
 

@@ -6,7 +6,8 @@
     result.report["variants"]      # accuracy / fidelity, tokens, latency, energy of every variant
 
     check inputs -> load model -> vocabulary -> compress -> ONNX graphs (verified) -> INT8 -> stages -> TensorRT
-    engines -> torch check -> every variant measured -> sweep -> polygraphy files -> report.json/md -> summary.json
+    engines -> torch check -> sweep settings exported -> every variant and setting measured (one timing run) -> sweep
+    ranked -> polygraphy files -> report.json/md -> summary.json
 
 Each stage is a function of what earlier stages returned; the work itself lives in the packages below (methods,
 vwt, graph, backends, check). One run context (check/context.py) carries the check images, decoded once, and
@@ -47,7 +48,7 @@ def _export(cfg: ExportConfig, inputs) -> ExportResult:
     from .check.accuracy import check_torch
     from .check.polygraphy import polygraphy_files
     from .check.report import write_report, write_summary
-    from .check.sweep import run_sweep
+    from .check.sweep import export_settings, rank_settings
     from .check.variants import measure_variants
 
     run = Run(cfg, load(cfg), inputs)
@@ -68,16 +69,16 @@ def _export(cfg: ExportConfig, inputs) -> ExportResult:
     torch_check = check_torch(run, cmodel) if cfg.checks.enabled else None
     report = None
     if cfg.checks.enabled and graphs:
-        variants = measure_variants(run, graphs, engines)
-        sweep = run_sweep(run, graphs, vocab) if cfg.checks.sweep else None
+        settings = export_settings(run, graphs, vocab) if cfg.checks.sweep else []
+        measured = measure_variants(run, graphs, engines, [s.candidate for s in settings])  # one timing run
+        sweep = rank_settings(run, graphs, settings, measured) if settings else None
         polygraphy = polygraphy_files(run, cmodel, graphs)
-        report = write_report(run, cmodel, vocab, variants, polygraphy, sweep)
+        report = write_report(run, cmodel, vocab, measured.variants, polygraphy, sweep)
     if cfg.engines.triton:
         from .serving import write_repository
 
         run.written.append(write_repository(cfg.out, [g.path for g in graphs] + list(engines.values())))
-        log.info("wrote a Triton model repository in %s: serve it with `vwt-export serve %s`", run.written[-1],
-                 run.written[-1])
+        log.info("serve the Triton model repository with `vwt-export serve %s`", run.written[-1])
     result = run.result(graphs, engines, torch_check, report)
     run.written.append(write_summary(run, cmodel, vocab, result))  # the summary describes the result it ends
     return result

@@ -95,9 +95,9 @@ def test_an_int8_stage_pair_with_a_large_max_error_but_agreeing_outputs_complete
     assert summary["onnx"]["model.vwt.tokenize.onnx"]["against"] == "model.vwt.onnx"  # the FP32 pair: verified
     md = (tmp_path / "out" / "report.md").read_text()
     lines = [line for line in md.splitlines() if line.startswith("- `model.")]
-    assert "- `model.vwt.int8.tokenize.onnx + model.vwt.int8.trunk.onnx`: measured against model.vwt.int8.onnx" \
+    assert "- `model.vwt.int8.tokenize.onnx` + `model.vwt.int8.trunk.onnx`: measured against `model.vwt.int8.onnx`" \
         in "\n".join(lines)
-    assert any(line.startswith("- `model.vwt.onnx`: verified against torch") for line in lines)
+    assert any(line.startswith("- `model.vwt.onnx`: verified against its torch model") for line in lines)
     assert len(lines) == len(summary["onnx"]) + len(summary["measured"])  # one line per graph file
 
 

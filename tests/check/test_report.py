@@ -41,7 +41,8 @@ def test_report_json_follows_the_schema(run_dir):
     for name, v in report["variants"].items():
         assert set(v["accuracy"]) == {"top1", "top5"}
         assert set(v["fidelity"]) == {"top1_agreement", "top5_overlap", "kl_divergence", "cosine_similarity"}
-        assert set(v["latency"]) == {"1", "2"} and v["latency"]["1"]["runs"] == 2
+        assert set(v["latency"]) == {"1", "2"} and v["latency"]["1"]["runs"] == 2 * 6  # each image in turn
+        assert v["latency"]["2"]["runs"] == 2
         assert v["energy"]["available"] is False and v["energy"]["reason"]
         assert (v["merge_share"] is not None) == v["vwt"]
         assert len(v["tokens"]["counts"]) == 6
@@ -56,6 +57,20 @@ def test_report_md_and_plots(run_dir):
     assert "| **vwt+int8** |" in md and "Random weights" in md and "polygraphy run" in md
     for png in ("plots/accuracy_vs_latency.png", "plots/tokens.png"):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_graph_written_has_a_verification_line_saying_against_what(run_dir):
+    md = (run_dir / "report.md").read_text()
+    section = md.split(rep.VERIFICATION_HEADING)[1].split("Not measured:")[0]
+    lines = [l for l in section.splitlines() if l.startswith("- ")]
+    for onnx in sorted(p.name for p in run_dir.rglob("*.onnx")):
+        named = [l for l in lines if f"`{onnx}`" in l]
+        assert named, f"{onnx} has no verification line"
+        assert all(" against " in l and ("tolerance" in l or "stops under" in l) for l in named), named
+    pair = next(l for l in lines if "`model.vwt.tokenize.onnx` + `model.vwt.trunk.onnx`" in l)
+    assert "verified against `model.vwt.onnx`" in pair and "against torch" not in pair
+    assert "measured against `model.onnx`" in next(l for l in lines if l.startswith("- `model.int8.onnx`"))
+    assert "max relative error of the logits" in section
 
 
 def test_validate_rejects_a_broken_report(run_dir):

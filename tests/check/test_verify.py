@@ -1,5 +1,7 @@
 """Verification of discrete decisions: matches compared exactly except at near-ties, outputs given the same matches."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -61,3 +63,23 @@ def test_a_wrong_continuous_part_fails(setting, tmp_path):
     path = save_model(apply_vwt(base, "inter", vocab=words.numpy(), threshold=0.1), tmp_path / "model.vwt.onnx")
     with pytest.raises(vx.VWTError, match="ONNX output differs from torch"):
         verify_graph(path, cmodel, pixels)
+
+
+def test_near_ties_are_counted_one_way_with_plurals_right():
+    from vwt_export.check.context import ExportResult
+    from vwt_export.check.verify import describe_verification, near_tie_summary
+
+    keyed = {"file": "model.vwt.onnx", "verified": True, "max_rel_err": 1e-6, "patches": 32, "near_ties": 1,
+             "images_with_near_ties": 1, "matches_differ": 1, "images": 8, "tolerance": 1e-4}
+    tome = {"file": "model.tome.onnx", "verified": True, "max_rel_err": 1e-6, "patches": 0, "near_ties": 0,
+            "images_with_near_ties": 5, "matches_differ": 0, "images": 8, "tolerance": 1e-4}
+    line = describe_verification("model.vwt.onnx", keyed, "logits")
+    assert "1 near-tie patch in 1 image," in line and "against its torch model on 8 images" in line
+    # ToMe decides per image: its near-ties are images, never reported as patches
+    line = describe_verification("model.tome.onnx", tome, "logits")
+    assert "5 images hold a near-tie merge decision" in line and "patch" not in line
+    ties = ExportResult(None, Path("."), verification={"model.onnx": {"verified": True}, "model.tome.onnx": tome}).near_ties
+    assert ties == {"file": "model.tome.onnx", "patches": 0, "images": 5, "of_images": 8}
+    assert near_tie_summary(ties) == "5 of 8 verification images hold a near-tie merge decision (model.tome.onnx)"
+    one = ExportResult(None, Path("."), verification={"model.vwt.onnx": keyed}).near_ties
+    assert near_tie_summary(one).startswith("1 patch in 1 of 8 verification images")

@@ -121,6 +121,7 @@ def test_op_library_path_works_from_any_working_directory(export_dir, tmp_path, 
     readme = (root / "README.md").read_text()
     assert f"by absolute path, {lib}" in readme and f"vwt-export serve {(tmp_path / 'rel' / 'triton').resolve()}" in readme
     assert "pip install 'vwt-export[serving]'\n" not in readme  # not given as the install line (it downgrades numpy)
+    assert "`sh scripts/install_serving.sh PYTHON`" in readme and "`make setup`" in readme  # as the server's error says
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)

@@ -131,3 +131,32 @@ def test_metadata_is_json_in_the_safetensors_header(tmp_path):
     with safe_open(str(path), "pt") as f:
         header = json.loads(f.metadata()["vwt_export"])
     assert header["format"] == "vwt-export/vocabulary" and header["size"] == 4 and header["model"] == "deit_s"
+
+
+def test_the_learning_bar_ends_with_the_work_and_seeding_has_a_bar_of_its_own(tmp_path, small_model, monkeypatch):
+    """The bar counted images as they were decoded, so it sat near 100% while the last batch was fitted and
+    k-means++ seeded the words: seconds of silence on a real vocabulary."""
+    import tqdm.auto
+
+    from vwt_export.vwt import vocab as vocab_module
+
+    x = blocky_images(6, 32, cells=4)
+    for i in range(6):
+        Image.fromarray((x[i].permute(1, 2, 0).clamp(-2, 2) * 60 + 128).byte().numpy()).save(tmp_path / f"{i}.png")
+    (tmp_path / "z.png").write_bytes(b"not a png")
+    events, real_tqdm, real_features = [], tqdm.auto.tqdm, vocab_module.patch_features
+
+    class Recorder(real_tqdm):
+        def update(self, n=1):
+            super().update(n)
+            events.append((self.desc, self.n, self.total))
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    monkeypatch.setattr(vocab_module, "patch_features", lambda *a, **k: events.append("fit") or real_features(*a, **k))
+    vx.learn_vocabulary(small_model, tmp_path, size=12, batch_size=4, progress=True)
+    learning = [i for i, e in enumerate(events) if e != "fit" and e[0] == "learning vocabulary"]
+    seeding = [e for e in events if e != "fit" and e[0].startswith("seeding k-means++")]
+    last_fit = max(i for i, e in enumerate(events) if e == "fit")
+    assert events[learning[-1]][1:] == (7, 7)  # every file, the unreadable one included
+    assert all(events[i][1] < 7 for i in learning if i < last_fit)  # not full before the last batch is fitted
+    assert seeding and seeding[-1][1:] == (12, 12)

@@ -123,11 +123,15 @@ class ExportResult:
         raise KeyError(f"no {'portable ' if portable else ''}graph of variant {variant!r} was written")
 
     @property
-    def near_ties(self) -> dict[str, int]:
-        """Near-tie patches (and images holding any) seen while verifying the FP32 graphs."""
-        checked = [v for v in self.verification.values() if v.get("patches")]
-        worst = max(checked, key=lambda v: v["near_ties"], default={})
-        return {"patches": worst.get("near_ties", 0), "images": worst.get("images_with_near_ties", 0)}
+    def near_ties(self) -> dict[str, Any]:
+        """The near-ties of the verified graph that had the most (summary.json's near_ties; the console's line):
+        its file, its near-tie patches (word matching; 0 where decisions are per image), the images holding any,
+        and the verification images. Counted as each graph's verification counts them (check/verify.py)."""
+        worst = max(self.verification.items(), key=lambda kv: (kv[1].get("images_with_near_ties", 0),
+                                                                kv[1].get("near_ties", 0)), default=(None, {}))
+        file, v = worst if worst[1].get("images_with_near_ties") else (None, {})
+        return {"file": file, "patches": v.get("near_ties", 0), "images": v.get("images_with_near_ties", 0),
+                "of_images": v.get("images", 0)}
 
 
 class Run:
@@ -190,10 +194,11 @@ class Run:
             log.warning("%s written but not verified: %s", path.name, e)
             v = Verification(path.name, False, reason=str(e))
         else:
-            ties = (f"; {v.near_ties} near-tie patches in {v.images_with_near_ties} images ({v.matches_differ} matched "
-                    "differently, all of them at near-ties)" if v.near_ties else "")
-            log.info("verified %s against torch (%s) on %d images: max relative error %.1e%s", path.name, precision,
-                     len(pixels), v.max_rel_err, ties)
+            from .verify import near_tie_phrase
+
+            ties = near_tie_phrase(v.as_dict())
+            log.info("verified %s against torch (%s) on %d images: max relative error of the outputs %.1e (tolerance "
+                     "%.0e)%s", path.name, precision, len(pixels), v.max_rel_err, v.tolerance, f"; {ties}" if ties else "")
         self.verification[key or path.name] = v
         return v
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -17,26 +17,36 @@ def percentiles(samples_s: list[float]) -> dict[str, float]:
 def rotated(names: list[str], k: int) -> list[str]:
     """The run order for round k: each variant goes first, second, ... equally often, so that neither cache
     state nor clock drift favours one."""
+    if not names:
+        return names
     k %= len(names)
     return names[k:] + names[:k]
 
 
-def measure(runners: dict[str, Callable[[np.ndarray], object]], inputs: dict[int, np.ndarray], warmup: int = 3,
-            reps: int = 20, progress: Callable[[int], None] | None = None) -> dict[str, dict[int, dict[str, float]]]:
+def measure(runners: dict[str, Callable[[np.ndarray], object]],
+            inputs: Mapping[int, np.ndarray | Sequence[np.ndarray]], warmup: int = 3, reps: int = 20,
+            progress: Callable[[int], None] | None = None,
+            only: Mapping[str, Collection[int]] | None = None) -> dict[str, dict[int, dict[str, float]]]:
     """{variant: {batch: percentiles + throughput}} for each runner and each batch size.
 
-    One repetition runs every (batch, variant) once, in a rotating order; `warmup` repetitions are discarded.
+    `inputs[batch]` is one array, or several (e.g. one image each at batch 1: a compressed variant's latency
+    depends on the image), each run once per repetition and each a sample. One repetition runs every (batch,
+    input, variant) once, in a rotating order; `warmup` repetitions are discarded. `only[name]`, where given,
+    limits a runner to those batch sizes.
     """
     names = list(runners)
-    samples: dict[tuple[str, int], list[float]] = {(n, b): [] for n in names for b in inputs}
+    feeds = {b: [x] if isinstance(x, np.ndarray) else list(x) for b, x in inputs.items()}
+    timed = {b: [n for n in names if only is None or n not in only or b in only[n]] for b in feeds}
+    samples: dict[tuple[str, int], list[float]] = {(n, b): [] for b in feeds for n in timed[b]}
     for rep in range(warmup + reps):
-        for b, x in inputs.items():
-            for name in rotated(names, rep):
-                t0 = time.perf_counter()
-                runners[name](x)
-                dt = time.perf_counter() - t0
-                if rep >= warmup:
-                    samples[name, b].append(dt)
+        for b, xs in feeds.items():
+            for i, x in enumerate(xs):
+                for name in rotated(timed[b], rep + i):
+                    t0 = time.perf_counter()
+                    runners[name](x)
+                    dt = time.perf_counter() - t0
+                    if rep >= warmup:
+                        samples[name, b].append(dt)
         if progress:
             progress(1)
     out: dict[str, dict[int, dict[str, float]]] = {n: {} for n in names}

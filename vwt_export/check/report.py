@@ -5,7 +5,8 @@ report.json, version 1:
   model        name, timm_name, weights, weights_meaningful, headless, num_prefix_tokens, num_patches, tokens_in
   settings     mode, threshold / keep, space, prop_attn, vocab
   environment  python, platform, processor, cpu_count, versions of torch / timm / onnx / onnxruntime / vwt_export
-  images       check folder, count, labelled; calibration folder, count
+  images       check folder, count (decoded), labelled; calibration folder, count; skipped [{file, reason}]:
+               unreadable files left out (also in summary.json)
   variants     {name: {file, backend, precision, vwt, accuracy {top1, top5} | null,
                 fidelity {top1_agreement, top5_overlap, kl_divergence, cosine_similarity} vs fp32
                   (the first three null for a headless model: its outputs are features, not class scores),
@@ -16,6 +17,7 @@ report.json, version 1:
                against (a stage pair: its one graph)}}: FP32 and FP16 graphs against torch
   measured     {file: {file, against, images, cosine_mean, cosine_min, top1_agreement | null, max_rel_err}}:
                quantized graphs and stage pairs against the graph they come from (check/verify.py)
+  timing       {reps, warmup, images_at_batch_1}: the one interleaved run every latency comes from (check/variants.py)
   not_measured [{what, why}]
   polygraphy   {inputs, outputs: {file: reference}, commands}
   sweep        (with --sweep) {images, quality, plot, ranked: [{label, method, file, quality, tokens, latency_ms,
@@ -29,9 +31,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..atomic import atomic_path, write_text
 from ..errors import VWTError
-from .verify import FLOOR_COSINE
+from .plots import Heading
+from .verify import FLOOR_COSINE, describe_measurement, describe_verification, plural
+
+VERIFICATION_HEADING = "## Verification"
 
 SCHEMA, VERSION = "vwt-export/report", 1
 REQUIRED = ("schema", "version", "created", "model", "settings", "environment", "images", "variants", "not_measured")
@@ -66,8 +73,12 @@ def markdown(report: dict) -> str:
                   "show that every variant runs and agrees with its reference.", ""]
     imgs = report["images"]
     lines += [f"Mode **{s['mode']}**" + _describe(s) + f". {imgs['count']} check images from `{imgs['folder']}` ({'labelled' if imgs['labelled'] else 'no labels: fidelity only'}).",
-              f"Backend: ONNX Runtime {report['environment']['onnxruntime']} CPU, {report['environment']['cpu_count']} cores; "
-              "all variants timed in one interleaved run.", ""]
+              f"Backend: ONNX Runtime {report['environment']['onnxruntime']} CPU, {report['environment']['cpu_count']} cores. "
+              + _timing_sentence(report), ""]
+    skipped = imgs.get("skipped") or []
+    if skipped:
+        lines += [f"Skipped {plural(len(skipped), 'unreadable image')} (left out of every check and of the "
+                  "calibration):", ""] + [f"- `{x['file']}`: {x['reason']}" for x in skipped] + [""]
     batches = sorted({int(b) for v in report["variants"].values() for b in v["latency"]})
     head = ["variant", "top-1", "top-5", "agree (top-1)", "KL", "cosine", "tokens"] + [f"p50 ms @{b}" for b in batches] + \
            [f"img/s @{batches[-1]}" if batches else "img/s", "J/img"]
@@ -102,24 +113,15 @@ def markdown(report: dict) -> str:
         lines += sweep_markdown(report["sweep"])
     checked, measured = report.get("verification") or {}, report.get("measured") or {}
     if checked or measured:
-        lines += ["Graphs verified against torch on the same images (matches compared exactly except at near-ties, "
-                  "where two words or the threshold are within a hair; those are counted, never errors). Quantized "
-                  "graphs are lossy: measured against the graph they come from, they stop a run only where only a "
-                  f"miswired graph goes (a mean output cosine under {FLOOR_COSINE}, NaN or Inf, another output "
-                  "shape):", ""]
-        for file, c in checked.items():
-            if c["verified"]:
-                ties = (f"; {c['near_ties']} near-tie patches in {c['images_with_near_ties']} images, "
-                        f"{c['matches_differ']} matched differently" if c.get("patches") else "")
-                lines.append(f"- `{file}`: verified against {c.get('against') or 'torch'}: max relative error "
-                             f"{c['max_rel_err']:.1e}{ties}")
-            else:
-                lines.append(f"- `{file}`: not verified: {c['reason']}")
-        for m in measured.values():
-            agree = f", top-1 agreement {m['top1_agreement']:.1%}" if m["top1_agreement"] is not None else ""
-            lines.append(f"- `{m['file']}`: measured against {m['against']} on {m['images']} images: output cosine "
-                         f"{m['cosine_mean']:.4f} mean, {m['cosine_min']:.4f} min{agree} (max relative error "
-                         f"{m['max_rel_err']:.1e})")
+        output = "features" if m.get("headless") else "logits"
+        lines += ["", VERIFICATION_HEADING, "", "Every graph written, on the same verification images. A float graph must "
+                  "equal what it was checked against within the tolerance, or the run stops; matches are compared "
+                  "exactly except at near-ties, where two words, two merge candidates or the threshold are within a "
+                  "hair (counted, never errors). Quantized graphs are lossy: measured against the graph they come "
+                  "from, they stop a run only where only a miswired graph goes (a mean output cosine under "
+                  f"{FLOOR_COSINE}, NaN or Inf, another output shape).", ""]
+        lines += [describe_verification(key, c, output) for key, c in checked.items()]
+        lines += [describe_measurement(x, output) for x in measured.values()]
         lines.append("")
     lines += ["Not measured:", ""] + [f"- {x['what']}: {x['why']}" for x in report["not_measured"]] + [""]
     pg = report.get("polygraphy")
@@ -129,6 +131,19 @@ def markdown(report: dict) -> str:
     if report.get("plots"):
         lines += [f"![{Path(p).stem}]({p})" for p in report["plots"]] + [""]
     return "\n".join(lines)
+
+
+def _timing_sentence(report: dict) -> str:
+    """How the latencies were measured: one run for every figure in the report, the sweep's and the plots'."""
+    t = report.get("timing")
+    if not t:
+        return "All variants timed in one interleaved run."
+    what = "every variant" + (" and sweep setting" if report.get("sweep") else "")
+    return (f"Every latency in this report, the plots' included, comes from one interleaved timing run of {what}: "
+            f"p50 of {t['reps']} repetitions after {t['warmup']} discarded; at batch 1 each repetition runs each of "
+            f"the first {t['images_at_batch_1']} check images in turn (a compressed variant's latency depends on the "
+            "image), a larger batch runs one batch of the first images. Idle ONNX Runtime threads sleep rather than "
+            "spin, so that no session's threads take the cores from the next one's.")
 
 
 def _describe(settings: dict) -> str:
@@ -154,7 +169,8 @@ def plots(report: dict, folder: Path) -> list[str]:
     headless = report["model"].get("headless", False)
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    heading = Heading.of_report(report)
+    fig, ax = plt.subplots(figsize=(6, 4.6))
     # the smallest batch timed (JSON turns the batch keys into strings)
     batch = min((int(b) for v in variants.values() for b in v["latency"]), default=1)
     for name, v in variants.items():
@@ -170,22 +186,34 @@ def plots(report: dict, folder: Path) -> list[str]:
     ax.set_ylabel("feature cosine to FP32" if headless else
                   "top-1 accuracy (%)" if labelled else "top-1 agreement with FP32 (%)")
     ax.grid(alpha=0.3)
+    heading.apply(fig, "quality against latency, every variant")
     fig.tight_layout()
     written.append(_save(fig, folder / "accuracy_vs_latency.png"))
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, v in variants.items():
-        if v["vwt"] and (v["tokens"] or {}).get("counts"):  # measured per variant: INT8 may match differently
-            ax.hist(v["tokens"]["counts"], bins=30, alpha=0.5, label=name)
+    fig, ax = plt.subplots(figsize=(6, 4.6))
+    counted = {name: v["tokens"]["counts"] for name, v in variants.items()
+               if v["vwt"] and (v["tokens"] or {}).get("counts")}  # measured per variant: INT8 may match differently
+    if counted:  # side by side in each bin: equal histograms stay apart, each bar in its legend entry's colour
+        lo, hi = min(min(c) for c in counted.values()), max(max(c) for c in counted.values())
+        ax.hist(list(counted.values()), bins=_bins(lo, hi), label=list(counted), histtype="bar", rwidth=0.9)
     ax.axvline(report["model"]["tokens_in"], color="k", linestyle="--", label="uncompressed")
     ax.set_xlabel("tokens per image")
     ax.set_ylabel("images")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
+    heading.apply(fig, "tokens kept per image, compressed variants")
     fig.tight_layout()
     written.append(_save(fig, folder / "tokens.png"))
     plt.close(fig)
     return [str(Path(folder.name) / Path(p).name) for p in written]
+
+
+def _bins(lo: float, hi: float, most: int = 30) -> np.ndarray:
+    """Histogram edges over [lo, hi]: one bin per token count where that is at most `most` bins (counts are
+    whole numbers but for ToMe's block means), else `most` equal bins."""
+    if hi - lo + 1 <= most:
+        return np.arange(np.floor(lo), np.floor(hi) + 2) - 0.5
+    return np.linspace(lo, hi, most + 1)
 
 
 def _quality(v: dict, labelled: bool, headless: bool) -> float | None:
@@ -226,6 +254,7 @@ def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: di
 
     from ..models import is_headless
     from ..version import __version__
+    from .variants import TIMED_IMAGES, WARMUP
 
     cfg, model = run.cfg, run.model
     report = {
@@ -239,19 +268,19 @@ def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: di
                         "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                         "torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
                         "onnxruntime": onnxruntime.__version__, "vwt_export": __version__, "gpu": None},
-        "images": {"folder": str(cfg.data.check_folder), "count": len(run.inputs.check_files),
-                   "labelled": run.inputs.labels is not None,
-                   "calib": str(cfg.data.calib) if cfg.data.calib else None, "calib_count": len(run.inputs.calib_files)},
+        "images": _images(run),
         "variants": {name: asdict(v) for name, v in variants.items()},
         **run.serialised(),
         "polygraphy": polygraphy,
+        "timing": {"reps": cfg.checks.reps, "warmup": WARMUP,
+                   "images_at_batch_1": min(TIMED_IMAGES, len(run.images.files))},
         **({"sweep": sweep} if sweep else {}),
         "plots": [],
     }
     if cfg.compression.method.groups_patches:
         from .merges import plot_merges
 
-        plot_merges(model, cmodel, run.verification_pixels, cfg.out / "plots" / "merges.png")
+        plot_merges(model, cmodel, run.verification_pixels, cfg.out / "plots" / "merges.png", Heading.of_run(run))
         report["plots"].append("plots/merges.png")
     run.written += write(report, cfg.out)
     return report
@@ -269,7 +298,7 @@ def write_summary(run, cmodel, vocab, result) -> Path:
     cfg = run.cfg
     summary = {
         **_model_facts(cfg, run.model, cmodel), "mode": cfg.compression.mode, "command": cfg.command,
-        "settings": _settings(cfg, cmodel, vocab),
+        "settings": _settings(cfg, cmodel, vocab), "images": _images(run),
         "versions": {"vwt_export": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "python": platform.python_version()},
         "onnx": result.verification, "measured": result.measured, "near_ties": result.near_ties,
@@ -282,6 +311,19 @@ def write_summary(run, cmodel, vocab, result) -> Path:
     path = cfg.out / "summary.json"
     write_text(path, json.dumps(summary, indent=2) + "\n")
     return path
+
+
+def _images(run) -> dict:
+    """report.json's and summary.json's images: the folders, the counts, and every unreadable file skipped."""
+    from ..data import skipped_images
+
+    cfg = run.cfg
+    decoded = run.__dict__.get("images")  # Run.images, where the checks decoded them: files that failed are out
+    return {"folder": str(cfg.data.check_folder),
+            "count": len(decoded.files) if decoded is not None else len(run.inputs.check_files),
+            "labelled": run.inputs.labels is not None,
+            "calib": str(cfg.data.calib) if cfg.data.calib else None, "calib_count": len(run.inputs.calib_files),
+            "skipped": skipped_images()}
 
 
 def _model_facts(cfg, model, cmodel) -> dict:

@@ -3,10 +3,12 @@
     --sweep threshold=0.05,0.1,0.2 --sweep grouping=global,local --sweep keep=0.5,0.75 --sweep r=8,16
 
 Each key belongs to the methods that list it among their sweep keys (vwt_export.methods: threshold and grouping
-to inter, every combination of the two; keep to intra; r to ToMe). Every setting becomes one graph (OUT/sweep/model.<setting>.onnx), verified against its
-torch model, then measured with the run's own FP32 and INT8 graphs in one interleaved timing run: quality (top-1
-accuracy with labels, else the cosine of the outputs to FP32's), tokens, batch-1 latency. The Pareto front is
-the settings no other setting beats on both quality and latency.
+to inter, every combination of the two; keep to intra; r to ToMe). Every setting becomes one graph
+(OUT/sweep/model.<setting>.onnx), verified against its torch model (export_settings), then measured with the
+run's variants in their one evaluation pass and their one interleaved timing run (check/variants.py), so the
+ranking's FP32 and INT8 rows repeat the main table's figures: quality (top-1 accuracy with labels, else the
+cosine of the outputs to FP32's), tokens, batch-1 latency (rank_settings). The Pareto front is the settings no
+other setting beats on both quality and latency.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..artefacts import Graph, Variant, find
+from .plots import Heading
 
 log = logging.getLogger("vwt_export")
 
@@ -39,51 +42,65 @@ def file_name(label: str) -> str:
     return "model." + label.replace(" ", "-").replace("=", "") + ".onnx"
 
 
-def run_sweep(run, graphs: list[Graph], vocab) -> dict:
-    """--sweep: every setting exported, verified and measured with the run's FP32 and INT8 graphs on the same
-    images, in one interleaved timing run; ranked, with the Pareto front, and plotted."""
+@dataclass(frozen=True)
+class Setting:
+    """One sweep setting exported and verified, waiting for the run's one evaluation pass and timing run."""
+
+    candidate: "Candidate"  # noqa: F821 (check/variants.py)
+    group: str  # its method's sweep group (vwt, intra, tome)
+
+
+def export_settings(run, graphs: list[Graph], vocab) -> list[Setting]:
+    """--sweep: every setting exported (OUT/sweep/) and verified against its torch model. measure_variants then
+    runs them with the variants, in the same evaluation pass and the same interleaved timing run."""
     import onnx
 
     from .. import methods
     from ..graph.export import save_model
-    from ..models import is_headless, sequence_length
-    from . import latency
-    from .accuracy import accuracy, fidelity
-    from .variants import Candidate, load_runner, outputs
+    from .variants import Candidate
 
-    cfg, images = run.cfg, run.images
+    cfg = run.cfg
     base = onnx.load(str(find(graphs, Variant("", "fp32")).path))
-    baselines = [v for v in (Variant("", "fp32"), Variant("", "int8")) if find(graphs, v)]
-    candidates = [Candidate(v.name, v, find(graphs, v).path) for v in baselines]
-    groups = {v.name: v.precision for v in baselines}
-    for spec in methods.sweep_specs(cfg.checks.sweep, cfg.compression.spec):
+    specs = methods.sweep_specs(cfg.checks.sweep, cfg.compression.spec)
+    out = []
+    for i, spec in enumerate(specs, 1):  # a line each (export and verification log lines would break a bar)
         method = methods.get(spec.method)
         label = method.label({k: spec.values[k] for k in method.sweep_keys})
-        log.info("sweep: exporting %s", label)
+        log.info("sweep: exporting %s (%d of %d)", label, i, len(specs))
         reference = method.build(run.model, spec, vocab)
         path = save_model(method.graph(base, reference, spec), cfg.out / "sweep" / file_name(label))
         run.written.append(path)
         run.verify(path, reference, "fp32", key=f"sweep/{path.name}")
-        candidates.append(Candidate(label, Variant(method.variant, "fp32"), path))
-        groups[label] = method.sweep_group or method.name
-    runners = {cd.label: load_runner(cd) for cd in candidates}
-    logits, tokens = outputs(candidates, runners, images.batches(cfg.data.batch_size))
+        out.append(Setting(Candidate(label, Variant(method.variant, "fp32"), path), method.sweep_group or method.name))
+    return out
+
+
+def rank_settings(run, graphs: list[Graph], settings: list[Setting], measured) -> dict:
+    """The sweep's ranking, with the Pareto front, and its plot, from `measured` (check/variants.py's Measured):
+    the run's FP32 and INT8 graphs and every setting, read from the one evaluation pass and the one timing run
+    that the report's main table comes from."""
+    from ..models import is_headless, sequence_length
+    from .accuracy import accuracy, fidelity
+
+    cfg, images = run.cfg, run.images
+    baselines = [(v.name, v.precision, find(graphs, v).path) for v in (Variant("", "fp32"), Variant("", "int8"))
+                 if find(graphs, v) and v.name in measured.timing]
+    entries = baselines + [(s.candidate.label, s.group, s.candidate.path) for s in settings]
     use_accuracy = images.labels is not None and not is_headless(run.model)
-    first = images.pixels[:8]
-    per_image = {name: (lambda _x, f=f: [f(first[i : i + 1]) for i in range(len(first))]) for name, f in runners.items()}
-    timing = latency.measure(per_image, {1: first[:1]}, warmup=2, reps=cfg.checks.reps)
     tokens_in = sequence_length(run.model)
     rows = []
-    for cd in candidates:
-        quality = (accuracy(logits[cd.label], images.labels).top1 if use_accuracy
-                   else fidelity(logits["fp32"], logits[cd.label], headless=True).cosine_similarity)
-        counts = tokens.get(cd.label)
-        rows.append(Row(cd.label, groups[cd.label], str(cd.path.relative_to(cfg.out)), quality,
-                        (sum(counts) / len(counts)) if counts else tokens_in if not cd.variant.compressed else None,
-                        timing[cd.label][1]["p50_ms"] / len(first)))
-    result = {"images": len(run.inputs.check_files), "quality": "top-1 accuracy" if use_accuracy else
+    for label, group, path in entries:
+        logits = measured.logits[label]
+        quality = (accuracy(logits, images.labels).top1 if use_accuracy
+                   else fidelity(measured.logits["fp32"], logits, headless=True).cosine_similarity)
+        counts = measured.tokens.get(label)
+        compressed = group not in ("fp32", "int8")
+        rows.append(Row(label, group, str(path.relative_to(cfg.out)), quality,
+                        (sum(counts) / len(counts)) if counts else None if compressed else tokens_in,
+                        measured.timing[label][1]["p50_ms"]))
+    result = {"images": len(images.files), "quality": "top-1 accuracy" if use_accuracy else
               "cosine of the outputs to FP32", "ranked": [asdict(r) for r in rank(rows)], "plot": "plots/tradeoff.png"}
-    plot_tradeoff(result["ranked"], result["quality"], cfg.out / result["plot"])
+    plot_tradeoff(result["ranked"], result["quality"], cfg.out / result["plot"], Heading.of_run(run))
     run.written.append(cfg.out / result["plot"])
     return result
 
@@ -110,7 +127,7 @@ def rank(rows: list[Row]) -> list[Row]:
 MARKERS = {"fp32": "s", "int8": "D", "vwt": "o", "intra": "^", "tome": "v"}
 
 
-def plot_tradeoff(rows: list[dict], quality_name: str, path: Path) -> None:
+def plot_tradeoff(rows: list[dict], quality_name: str, path: Path, heading: Heading | None = None) -> None:
     """Quality against batch-1 latency, one marker per method, the Pareto front drawn."""
     import matplotlib
 
@@ -133,6 +150,8 @@ def plot_tradeoff(rows: list[dict], quality_name: str, path: Path) -> None:
     ax.set_ylabel(quality_name)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    if heading:
+        heading.apply(fig, "trade-off sweep: quality against batch-1 latency")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -143,6 +162,8 @@ def plot_tradeoff(rows: list[dict], quality_name: str, path: Path) -> None:
 def markdown(sweep: dict) -> list[str]:
     """report.md's ranking table."""
     lines = [f"## Trade-off sweep ({sweep['images']} images, quality = {sweep['quality']})", "",
+             "Every setting was run in the main table's evaluation pass and timed in its interleaved run: the FP32 and "
+             "INT8 rows repeat its figures at batch 1.", "",
              "| rank | setting | quality | tokens | p50 ms @1 | Pareto |", "|---|---|---|---|---|---|"]
     for i, r in enumerate(sweep["ranked"], 1):
         tokens = "n/a" if r.get("tokens") is None else f"{r['tokens']:.1f}"

@@ -68,13 +68,25 @@ class VariantResult:
 
 def load_runner(candidate: Candidate) -> Runner:
     """The runner that serves every measurement of `candidate`; an ONNX graph of a compressed variant counts its
-    tokens from the graph itself (an INT8 graph may match differently from torch)."""
+    tokens from the graph itself (an INT8 graph may match differently from torch).
+
+    Its ONNX Runtime threads sleep when idle instead of spinning: the timing run interleaves many sessions, and
+    the threads of the one just run, spinning on, take the cores from the next one. Measured on 2 shared cores, five
+    small graphs interleaved: p50s of 1.5 to 42 ms for graphs that each take 3 to 4.5 ms with idle threads asleep."""
     from ..backends.onnxruntime import OrtRunner
     from ..runtime import load
 
     if candidate.on_tensorrt:
         return load(candidate.path)
-    return OrtRunner(candidate.path, count_tokens=candidate.variant.compressed)
+    return OrtRunner(candidate.path, count_tokens=candidate.variant.compressed, spinning=False)
+
+
+def staged_runner(tokenize: Path) -> Runner:
+    """Length-aware batching on a tokenize graph and the trunk beside it, as runtime.load runs it, but with the
+    trunk's idle threads asleep too (see load_runner)."""
+    from ..runtime import LengthAwareRunner, ort_stages
+
+    return LengthAwareRunner(*ort_stages(tokenize, spinning=False), name=str(tokenize))
 
 
 def outputs(candidates: Sequence[Candidate], runners: dict[str, Runner], batches: Iterable[np.ndarray],
@@ -111,13 +123,37 @@ def merge_share(path: Path, pixels: np.ndarray, reps: int = 5) -> float | None:
     return ours / total if total else None
 
 
-def measure_variants(run, graphs: list[Graph], engines: dict[Variant, Path]) -> dict[str, VariantResult]:
+# batch 1 is timed one image at a time over the first few check images: a compressed variant's latency depends on
+# how many tokens the image keeps, so one image would favour or penalise it by chance
+TIMED_IMAGES = 8
+WARMUP = 3  # repetitions discarded before timing
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The one evaluation pass and the one interleaved timing run, over the variants and any sweep settings."""
+
+    variants: dict[str, VariantResult]  # report.json's variants
+    logits: dict[str, np.ndarray]  # {label: outputs over the check images}, every candidate
+    tokens: dict[str, list]  # {label: tokens per image}, where its runner counts them
+    timing: dict[str, dict[int, dict]]  # {label: {batch: latency.percentiles + images_per_s}}
+
+
+def timing_feeds(pixels: np.ndarray, batches: Sequence[int]) -> dict[int, list[np.ndarray]]:
+    """What each batch size is timed on: batch 1, each of the first TIMED_IMAGES images in turn; a larger batch,
+    one batch of the first images (repeated where there are fewer)."""
+    return {b: [pixels[i : i + 1] for i in range(min(TIMED_IMAGES, len(pixels)))] if b == 1
+            else [np.resize(pixels[:b], (b, *pixels.shape[1:]))] for b in batches}
+
+
+def measure_variants(run, graphs: list[Graph], engines: dict[Variant, Path],
+                     settings: Sequence[Candidate] = ()) -> Measured:
     """Every variant over the run's check images: fidelity to FP32, accuracy with labels, tokens, latency, energy.
-    One runner per variant serves every measurement."""
+    One runner per variant serves every measurement. `settings` (a sweep's) join the evaluation pass and the
+    timing run, at batch 1 only, so that every latency in the report comes from one run."""
     from tqdm.auto import tqdm
 
     from ..models import is_headless, sequence_length
-    from ..runtime import load as load_runtime
     from . import energy, latency
 
     cfg, images = run.cfg, run.images
@@ -135,25 +171,37 @@ def measure_variants(run, graphs: list[Graph], engines: dict[Variant, Path]) -> 
             candidates += [Candidate(v.label("trt"), v, engines[v], "tensorrt") for v in in_order(engines)]
         except VWTError as e:
             run.note("TensorRT engines (accuracy, latency)", f"not run: {e}")
-    runners = {c.label: load_runner(c) for c in candidates}
+    every = candidates + list(settings)
+    runners = {c.label: load_runner(c) for c in every}
     headless = is_headless(run.model)
-    with tqdm(total=len(images.files), desc="evaluating variants", unit="img", disable=not cfg.progress) as bar:
-        logits, tokens = outputs(candidates, runners, images.batches(cfg.data.batch_size), progress=bar.update)
-    batches = cfg.checks.batches
-    pixels = images.pixels[: max(batches)]
-    feeds = {b: np.resize(pixels, (b, *pixels.shape[1:])) for b in batches}
+    desc = f"evaluating {len(candidates)} variants" + (f" and {len(settings)} sweep settings" if settings else "")
+    with tqdm(total=len(images.files), desc=desc, unit="img", disable=not cfg.progress) as bar:
+        logits, tokens = outputs(every, runners, images.batches(cfg.data.batch_size), progress=bar.update)
+    batches = sorted({*cfg.checks.batches, *([1] if settings else [])})  # the sweep ranks at batch 1
+    pixels = images.pixels[: max(TIMED_IMAGES, *batches)]
+    feeds = timing_feeds(pixels, batches)
     timed = dict(runners)
     length_aware = {}  # variants whose batches > 1 run through the two stages (runtime.load on the tokenize graph)
     for c in candidates:
         tokenize = find(graphs, c.variant, stage="tokenize") if not c.on_tensorrt else None
         if tokenize is not None:
             length_aware[c.label] = tokenize.path.name
-            timed[c.label] = lambda x, one=runners[c.label], staged=load_runtime(tokenize.path): (
+            timed[c.label] = lambda x, one=runners[c.label], staged=staged_runner(tokenize.path): (
                 one(x) if len(x) == 1 else staged(x))
-    with tqdm(total=3 + cfg.checks.reps, desc="timing (interleaved)", unit="rep", disable=not cfg.progress) as bar:
-        timing = latency.measure(timed, feeds, warmup=3, reps=cfg.checks.reps, progress=bar.update)
+    with tqdm(total=WARMUP + cfg.checks.reps, desc=f"timing {len(every)} graphs (interleaved)", unit="rep",
+              disable=not cfg.progress) as bar:
+        timing = latency.measure(timed, feeds, warmup=WARMUP, reps=cfg.checks.reps, progress=bar.update,
+                                 only={c.label: (1,) for c in settings})
+    profiled = [c for c in candidates if c.variant.compressed and not c.on_tensorrt]
+    shares = {}
+    with tqdm(total=len(profiled), desc="profiling labelling and merging", unit="graph",
+              disable=not cfg.progress or not profiled) as bar:
+        for c in profiled:
+            shares[c.label] = merge_share(c.path, pixels[:4])
+            bar.update(1)
     uncompressed = TokenStats.of([sequence_length(run.model)] * len(images.files))
     out = {}
+    largest = feeds[max(batches)][0]
     for c in candidates:
         counted = tokens.get(c.label)
         out[c.label] = VariantResult(
@@ -164,9 +212,9 @@ def measure_variants(run, graphs: list[Graph], engines: dict[Variant, Path]) -> 
             fidelity=fidelity(logits["fp32"], logits[c.label], headless=headless),
             tokens=(TokenStats.of(counted) if counted else None) if c.variant.compressed else uncompressed,
             latency=timing[c.label],
-            energy=(energy.measure_gpu(lambda f=runners[c.label]: f(feeds[max(batches)]), max(batches))
+            energy=(energy.measure_gpu(lambda f=runners[c.label]: f(largest), len(largest))
                     if c.on_tensorrt else energy.measure_cpu_variant()),
-            merge_share=merge_share(c.path, pixels[:4]) if c.variant.compressed and not c.on_tensorrt else None)
+            merge_share=shares.get(c.label))
     if any(c.on_tensorrt and c.variant.compressed for c in candidates):
         run.note("tokens of the TensorRT engines", "an engine returns logits only")
     run.note("FP16 variants on ONNX Runtime CPU", "CPUs without native float16 arithmetic run float16 graphs slower "
@@ -179,4 +227,4 @@ def measure_variants(run, graphs: list[Graph], engines: dict[Variant, Path]) -> 
     elif images.labels is None:
         run.note("accuracy", f"{cfg.data.check_folder} has no labels (class subfolders or a labels file); fidelity "
                  "to FP32 is reported instead")
-    return out
+    return Measured(out, logits, tokens, timing)

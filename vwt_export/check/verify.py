@@ -41,15 +41,17 @@ FP16_MATCHES_DIFFER = 0.01
 
 @dataclass
 class Verification:
-    file: str
+    file: str  # the graph, or "TOKENIZE + TRUNK" for a stage pair
     verified: bool
-    max_rel_err: float | None = None
+    max_rel_err: float | None = None  # of the outputs (logits, or a headless model's features)
     reason: str | None = None
     patches: int = 0  # patch matches compared (inter graphs)
-    near_ties: int = 0  # patches whose match could go either way
-    images_with_near_ties: int = 0
+    near_ties: int = 0  # patches whose match could go either way (word matching; 0 where decisions are per image)
+    images_with_near_ties: int = 0  # images holding any near-tie decision (ToMe: left out of the output comparison)
     matches_differ: int = 0  # patches matched differently by the graph (near-ties, or FP16 rounding)
     against: str | None = None  # what it was checked against, when not its torch model (a stage pair: its one graph)
+    images: int = 0  # verification images it ran on
+    tolerance: float | None = None  # the largest max_rel_err that passes
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -84,7 +86,7 @@ def verify_graph(graph: Path | onnx.ModelProto, reference, pixels: torch.Tensor,
     rtol, name = RTOL[precision], graph.name if isinstance(graph, Path) else "the graph"
     x = pixels.cpu().numpy()
     keyed = hasattr(reference, "match") and any(ops.KEYS_TENSOR in n.output for n in load_proto(graph).graph.node)
-    v = Verification(name, True)
+    v = Verification(name, True, images=len(x), tolerance=rtol)
     with torch.no_grad():
         if keyed:
             actual, extras = OrtRunner(graph, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).infer_extras(x)
@@ -106,7 +108,7 @@ def verify_graph(graph: Path | onnx.ModelProto, reference, pixels: torch.Tensor,
         clear = np.ones(len(x), dtype=bool)
         if hasattr(reference, "decision_margins"):
             clear = (reference.decision_margins(pixels) >= NEAR_TIE_EPS).cpu().numpy()
-            v.near_ties = v.images_with_near_ties = int((~clear).sum())
+            v.images_with_near_ties = int((~clear).sum())  # decisions per image: no patch count
     relative_error(expected, actual, name)  # the shapes, whatever is compared
     v.max_rel_err = _check(relative_error(expected[clear], actual[clear], name), rtol, name) if clear.any() else 0.0
     return v
@@ -125,7 +127,8 @@ def check_stage_pair(tokenize: Path, trunk: Path, one_graph: Path, pixels: np.nd
                        f"the {rtol:.0e} tolerance")
     log.info("split %s into %s + %s for length-aware batching: together they agree with it (max relative error "
              "%.1e)", one_graph.name, tokenize.name, trunk.name, err)
-    return Verification(tokenize.name, True, err, against=one_graph.name)
+    return Verification(f"{tokenize.name} + {trunk.name}", True, err, against=one_graph.name, images=len(pixels),
+                        tolerance=rtol)
 
 
 # -- lossy graphs: measured ---------------------------------------------------------------------------------
@@ -152,6 +155,7 @@ class Measurement:
     cosine_min: float
     top1_agreement: float | None  # None: the model has no classifier head
     max_rel_err: float  # for information only: single quantization flips make it large while the outputs agree
+    floor: float = FLOOR_COSINE  # a mean cosine under it stops the run
 
 
 def measure_lossy(file: str, against: str, expected: np.ndarray, actual: np.ndarray, headless: bool) -> Measurement:
@@ -171,3 +175,63 @@ def measure_lossy(file: str, against: str, expected: np.ndarray, actual: np.ndar
         raise VWTError(f"{file}: the mean cosine of its outputs to {against}'s is {m.cosine_mean:.3f}, under the "
                        f"{FLOOR_COSINE} floor that quantization stays far above; the graph is miswired")
     return m
+
+
+# -- one wording for every place that states these results (report.md, the console) -------------------------------
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def near_tie_phrase(c: dict) -> str:
+    """A verification's near-ties, counted the one way report.md, the console and summary.json count them: patches
+    whose word match could go either way, and images holding any near-tie decision."""
+    if c.get("patches"):
+        compared = f"{c['patches']} word matches compared with torch's"
+        if not c["near_ties"]:
+            return f"{compared}, no near-ties, {c['matches_differ']} differ"
+        ties = plural(c["near_ties"], "near-tie patch", "near-tie patches")
+        return (f"{compared}: {ties} in {plural(c['images_with_near_ties'], 'image')}, "
+                f"{c['matches_differ']} matched differently")
+    if c.get("images_with_near_ties"):
+        return (f"{plural(c['images_with_near_ties'], 'image holds', 'images hold')} a near-tie merge decision, "
+                "left out of the output comparison")
+    return ""
+
+
+def near_tie_summary(ties: dict) -> str:
+    """The console's line on summary.json's near_ties (ExportResult.near_ties), in near_tie_phrase's counts."""
+    images = f"{ties['images']} of {plural(ties['of_images'], 'verification image')}"
+    if ties["patches"]:
+        return f"{plural(ties['patches'], 'patch', 'patches')} in {images} could match either of two words ({ties['file']})"
+    return f"{images} hold a near-tie merge decision ({ties['file']})"
+
+
+def _files(file: str) -> str:
+    return " + ".join(f"`{f}`" for f in file.split(" + "))
+
+
+def describe_verification(key: str, c: dict, output: str) -> str:
+    """report.md's line for a verified graph (`output`: what it returns, logits or features)."""
+    if not c["verified"]:
+        return f"- `{key}`: written but not verified: {c['reason']}"
+    pair = " + " in c["file"]
+    name = _files(c["file"]) if pair else f"`{key}`"
+    against = (f"`{c['against']}` (the one graph they were split from; run length-aware)" if pair
+               else f"`{c['against']}`" if c.get("against") else "its torch model")
+    on = f" on {plural(c['images'], 'image')}" if c.get("images") else ""
+    tol = f" (tolerance {c['tolerance']:.0e})" if c.get("tolerance") is not None else ""
+    given = ", the torch model run on the graph's own word matches" if c.get("patches") else ""
+    ties = near_tie_phrase(c)
+    return (f"- {name}: verified against {against}{on}: max relative error of the {output} {c['max_rel_err']:.1e}"
+            f"{tol}{given}" + (f"; {ties}" if ties else ""))
+
+
+def describe_measurement(m: dict, output: str) -> str:
+    """report.md's line for a lossy graph measured against the graph it comes from."""
+    agree = f", top-1 agreement {m['top1_agreement']:.1%}" if m.get("top1_agreement") is not None else ""
+    return (f"- {_files(m['file'])}: measured against `{m['against']}` on {plural(m['images'], 'image')}: per-image "
+            f"cosine of the {output} {m['cosine_mean']:.4f} mean, {m['cosine_min']:.4f} min (the run stops under a "
+            f"mean of {m.get('floor', FLOOR_COSINE)}){agree}; max relative error {m['max_rel_err']:.1e}, for "
+            "information only (one flipped rounding makes it large while the outputs agree)")

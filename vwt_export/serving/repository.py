@@ -281,7 +281,7 @@ def write_repository(out_dir: Path, files: Iterable[str | os.PathLike] | None = 
         written.append(name)
 
     write_text(root / "README.md", _readme(root, written, lib_copy, plugin_copy))
-    log.info("wrote %s: %s", root, ", ".join(written))
+    log.info("Triton models: %s", ", ".join(written))  # the CLI prints `wrote ROOT` once, with every file written
     return root
 
 
@@ -322,9 +322,10 @@ def _readme(root: Path, models: list[str], lib: Path | None, plugin: Path | None
         f"`serve` starts the tritonserver of the nvidia-pytriton wheel on 127.0.0.1 and loads {', '.join(python)};",
         "the wheel's server has only the Python backend, so the onnxruntime/tensorrt models are skipped there.",
         "In a vwt-export checkout `make setup` has installed that server into .venv/ (run `. .venv/bin/activate`",
-        "first, or call .venv/bin/vwt-export); elsewhere install it with vwt-export's scripts/install_serving.sh,",
-        "which keeps numpy 2 (`pip install 'vwt-export[serving]'` works too, but nvidia-pytriton's numpy<2 pin",
-        "downgrades numpy under torch and ONNX Runtime).", "",
+        "first, or call .venv/bin/vwt-export). For another environment, run the checkout's",
+        "`sh scripts/install_serving.sh PYTHON` (`make setup` runs it with .venv/bin/python): it keeps numpy 2,",
+        "where `pip install 'vwt-export[serving]'` would downgrade numpy under torch and ONNX Runtime through",
+        "nvidia-pytriton's numpy<2 pin. pip then lists that pin as unmet: expected (the script says why).", "",
         "## Serve in production (a Triton container with the onnxruntime and tensorrt backends)", "",
         "The *_python models need vwt-export installed in the container's Python: its wheel (`make wheel` in a",
         "checkout) carries the op library, so `pip install vwt_export-*.whl` is enough.",

@@ -41,7 +41,9 @@ from . import pbtxt
 from .watchdog import group_members
 
 HOST = "127.0.0.1"  # never another address: the server is for this machine; put a proxy in front to expose it
-EXTRA = "pip install 'vwt-export[serving]'"
+# how to install the serving extra without losing the pinned stack (scripts/install_serving.sh says why)
+EXTRA = ("in a vwt-export checkout, `make setup` installs it (or `sh scripts/install_serving.sh .venv/bin/python`); "
+         "not `pip install 'vwt-export[serving]'`, which would downgrade numpy under torch and ONNX Runtime")
 
 
 @dataclass(frozen=True)

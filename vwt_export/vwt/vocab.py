@@ -27,7 +27,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -294,6 +294,7 @@ class StreamingKMeans:
         self._buffer: list[torch.Tensor] = []
         self._buffered = 0
         self.seen = 0
+        self.progress = False  # a bar while seeding (k-means++ over the buffer: seconds for a 1000-word vocabulary)
 
     def partial_fit(self, x: torch.Tensor) -> None:
         x = x.detach().reshape(-1, x.shape[-1]).to("cpu", torch.float32)
@@ -316,9 +317,13 @@ class StreamingKMeans:
         return self.centers
 
     def _init_from_buffer(self) -> None:
+        from tqdm.auto import tqdm
+
         data = torch.cat(self._buffer)
         self._buffer, self._buffered = [], 0
-        self.centers = _kmeans_pp(data, self.k, self.generator)
+        with tqdm(total=self.k, desc=f"seeding k-means++ on {len(data)} patches", unit="word",
+                  disable=not self.progress) as bar:
+            self.centers = _kmeans_pp(data, self.k, self.generator, progress=bar.update)
         self.counts = torch.zeros(self.k)
         for part in data.split(self.chunk):
             self._update(part)
@@ -335,7 +340,8 @@ class StreamingKMeans:
         self.counts = total
 
 
-def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
+def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator,
+               progress: Callable[[int], None] | None = None) -> torch.Tensor:
     """k-means++ seeding: each next centre is drawn with probability proportional to squared distance."""
     n = len(x)
     idx = [int(torch.randint(n, (1,), generator=g))]
@@ -348,6 +354,10 @@ def _kmeans_pp(x: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
             i = int(torch.randint(n, (1,), generator=g))
         idx.append(i)
         d2 = torch.minimum(d2, ((x - x[i]) ** 2).sum(1))
+        if progress and len(idx) % 64 == 0:
+            progress(64)
+    if progress:
+        progress(k % 64)
     return x[idx].clone()
 
 
@@ -390,16 +400,23 @@ def learn_vocabulary(
         source["images"] = len(files)
         tf = _models.transform(model)
         bar = tqdm(total=len(files) * epochs, desc="learning vocabulary", unit="img", disable=not progress)
-        batches = lambda: (b for b, _ in iter_image_batches(files, tf, batch_size, progress=bar.update))  # noqa: E731
+        # files (unreadable ones too) count once their batch is fitted, not when decoded: the bar ends when the work does
+        batches = lambda: ((b, len(paths)) for b, paths in iter_image_batches(files, tf, batch_size))  # noqa: E731
     else:
         bar = tqdm(total=len(images) * epochs, desc="learning vocabulary", unit="batch", disable=not progress)
-        batches = lambda: iter(images)  # noqa: E731
-    with torch.inference_mode(), bar:
-        for _ in range(epochs):
-            for pixels in batches():
-                km.partial_fit(patch_features(model, pixels.to(device), space, p))
-                if not from_files:
-                    bar.update(1)
+        batches = lambda: ((b, 1) for b in images)  # noqa: E731
+    km.progress = progress
+    with torch.inference_mode():
+        with bar:
+            done = 0
+            for epoch in range(epochs):
+                for pixels, n in batches():
+                    km.partial_fit(patch_features(model, pixels.to(device), space, p))
+                    bar.update(n)
+                    done += n
+                if from_files:  # the files skipped as unreadable
+                    bar.update((epoch + 1) * len(files) - done)
+                    done = (epoch + 1) * len(files)
         words, merged = merge_near_duplicates(km.finish(), km.counts)
     source["patches"] = km.seen
     source["near_duplicates_merged"] = merged

@@ -69,9 +69,7 @@ def run_sweep(run, graphs: list[Graph], vocab) -> dict:
     runners = {cd.label: load_runner(cd) for cd in candidates}
     logits, tokens = outputs(candidates, runners, images.batches(cfg.data.batch_size))
     use_accuracy = images.labels is not None and not is_headless(run.model)
-    first = images.pixels[:8]
-    per_image = {name: (lambda _x, f=f: [f(first[i : i + 1]) for i in range(len(first))]) for name, f in runners.items()}
-    timing = latency.measure(per_image, {1: first[:1]}, warmup=2, reps=cfg.checks.reps)
+    timing = latency.per_image_ms(runners, images.pixels[:8], reps=cfg.checks.reps)
     tokens_in = sequence_length(run.model)
     rows = []
     for cd in candidates:
@@ -80,7 +78,7 @@ def run_sweep(run, graphs: list[Graph], vocab) -> dict:
         counts = tokens.get(cd.label)
         rows.append(Row(cd.label, groups[cd.label], str(cd.path.relative_to(cfg.out)), quality,
                         (sum(counts) / len(counts)) if counts else tokens_in if not cd.variant.compressed else None,
-                        timing[cd.label][1]["p50_ms"] / len(first)))
+                        timing[cd.label]))
     result = {"images": len(run.inputs.check_files), "quality": "top-1 accuracy" if use_accuracy else
               "cosine of the outputs to FP32", "ranked": [asdict(r) for r in rank(rows)], "plot": "plots/tradeoff.png"}
     plot_tradeoff(result["ranked"], result["quality"], cfg.out / result["plot"])

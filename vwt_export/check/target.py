@@ -206,13 +206,20 @@ class _Search:
         base = {k: v for k, v in self.run.cfg.compression.spec.values.items() if k in own}
         spec = methods.spec(method.name, **{**base, **step})
         label = method.label({k: spec.values[k] for k in method.sweep_keys})
-        if (label, int8) not in self.rows:
-            if label not in self.paths:
-                reference = method.build(self.run.model, spec, self.vocab)
-                path = save_model(method.graph(self.base, reference, spec), self.folder / file_name(label))
-                self.run.written.append(path)
+        if label not in self.paths:
+            reference = method.build(self.run.model, spec, self.vocab)
+            path = save_model(method.graph(self.base, reference, spec), self.folder / file_name(label))
+            self.run.written.append(path)
+            try:
                 self.run.verify(path, reference, "fp32", key=f"target/{path.name}")
                 self.paths[label] = path
+            except VWTError as e:  # a graph that is not its torch model is no candidate; the search goes on
+                log.warning("target %s: %s left out: %s", self.run.cfg.checks.target, label, e)
+                self.run.note(f"target candidate {label}", f"left out, not verified: {e}")
+                self.paths[label] = None
+        if self.paths[label] is None:
+            return False  # a miss: the walk goes no further than a setting it cannot use
+        if (label, int8) not in self.rows:
             path = self.quantized(self.paths[label]) if int8 else self.paths[label]
             if int8:
                 self.run.written.append(path)
@@ -278,13 +285,14 @@ def run_search(run, vocab) -> dict:
     rows = list(search.rows.values())
     first = pixels[:TIMED_IMAGES]
     runners = {r.label: load_runner(Candidate(r.label, _variant(r), cfg.out / r.file)) for r in rows}
-    per_image = {name: (lambda _x, f=f: [f(first[i : i + 1]) for i in range(len(first))]) for name, f in runners.items()}
+    log.info("target %s: timing %d candidates at batch 1, interleaved (%d images, %d repetitions)", target, len(rows),
+             len(first), cfg.checks.reps)
     with tqdm(total=2 + cfg.checks.reps, desc=f"timing {len(rows)} candidates (interleaved)", unit="rep",
               disable=not cfg.progress) as bar:
-        timing = latency.measure(per_image, {1: first[:1]}, warmup=2, reps=cfg.checks.reps, progress=bar.update)
+        timing = latency.per_image_ms(runners, first, reps=cfg.checks.reps, progress=bar.update)
     for r in rows:
-        r.latency_ms = timing[r.label][1]["p50_ms"] / len(first)
-        r.speedup = timing["fp32"][1]["p50_ms"] / timing[r.label][1]["p50_ms"]
+        r.latency_ms = timing[r.label]
+        r.speedup = timing["fp32"] / timing[r.label]
     chosen, met = choose(rows, target)
     chosen.chosen = True
     if met:
@@ -316,8 +324,11 @@ def held_out(result: dict, variants: dict, images: int, folder) -> dict:
     v = variants[result["chosen"]["variant"]]
     fid = v.fidelity
     quality = fid.cosine_similarity if result["metric"] == "cosine" else fid.top1_agreement
+    met = quality >= result["value"]
+    log.info("target %s: %s (%s) on %d held-out check images: %s %.4f (%s)", result["target"], result["chosen"]["label"],
+             v.file, images, result["metric"], quality, "meets the target" if met else "misses the target")
     return {"images": images, "folder": str(folder), "quality": quality, "cosine": fid.cosine_similarity,
-            "top1_agreement": fid.top1_agreement, "met": quality >= result["value"], "file": v.file}
+            "top1_agreement": fid.top1_agreement, "met": met, "file": v.file}
 
 
 def plot(result: dict, path) -> None:

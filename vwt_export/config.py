@@ -18,7 +18,6 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from . import methods
-from .check.target import parse_target, searchable
 from .errors import VWTError
 
 BACKENDS = ("ort", "trt")
@@ -46,6 +45,41 @@ def _positive(name: str, value: int | None, allow_none: bool = False) -> None:
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise VWTError(f"{name}={value!r} is not one of {', '.join(choices)}")
+
+
+METRICS = {"cosine": "cosine of the outputs to FP32", "top1": "top-1 agreement with FP32"}  # --target's
+
+
+@dataclass(frozen=True)
+class Target:
+    metric: str  # cosine | top1
+    value: float  # the least quality accepted
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.value:g}"
+
+    def met(self, quality: float) -> bool:
+        return quality >= self.value
+
+
+def parse_target(value: "str | Target | None") -> Target | None:
+    """"cosine=0.98" or "top1=0.9" -> Target; anything else a VWTError saying what is expected."""
+    if value is None or isinstance(value, Target):
+        return value
+    metric, sep, number = str(value).partition("=")
+    hint = "expected cosine=0.98 or top1=0.9 (a quality in (0, 1] the chosen setting must keep)"
+    try:
+        quality = float(number)
+    except ValueError:
+        quality = float("nan")
+    if not sep or metric.strip() not in METRICS or not 0.0 < quality <= 1.0:  # NaN fails too
+        raise VWTError(f"--target {value}: {hint}")
+    return Target(metric.strip(), quality)
+
+
+def searchable() -> list[methods.Method]:
+    """The methods --target searches: the registered ones with a search ladder (vwt_export.methods)."""
+    return [m for m in map(methods.get, methods.names()) if m.search_ladder]
 
 
 @dataclass(frozen=True)
@@ -238,4 +272,5 @@ def _option_defaults():
 
 _OPTION_DEFAULTS = _option_defaults()
 
-__all__ = ["BACKENDS", "Checks", "Compression", "Data", "Engines", "ExportConfig", "ModelSpec", "parse_batches"]
+__all__ = ["BACKENDS", "METRICS", "Checks", "Compression", "Data", "Engines", "ExportConfig", "ModelSpec", "Target",
+           "parse_batches", "parse_target", "searchable"]

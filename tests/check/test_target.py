@@ -10,7 +10,8 @@ import pytest
 import vwt_export as vx
 from vwt_export import methods
 from vwt_export.artefacts import Variant
-from vwt_export.check.target import Row, Target, choose, markdown, midpoint, parse_target, walk
+from vwt_export.check.target import Row, choose, markdown, midpoint, walk
+from vwt_export.config import Target, parse_target
 from vwt_export.cli import main
 from vwt_export.demo import write_demo_images
 

@@ -1,6 +1,7 @@
 """--target cosine=0.98: the fastest setting that keeps a quality budget, chosen on the calibration images.
 
-    target = parse_target("cosine=0.98")                 # Target("cosine", 0.98); top1=0.9 for a model with a head
+    cfg.checks.target                                     # Target("cosine", 0.98): config.parse_target's
+    run_search(run, vocab)                                # report.json's target: the candidates and the choice
     walk(ladder, passes)                                  # the settings a method's ladder has measured, coarse to fine
     choose(rows, target)                                  # the fastest passing row (else the closest), and whether it met
 
@@ -21,47 +22,13 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from ..config import METRICS, Target, searchable
 from ..errors import VWTError
 
 log = logging.getLogger("vwt_export")
 
-METRICS = {"cosine": "cosine of the outputs to FP32", "top1": "top-1 agreement with FP32"}
 REFINE_STEPS = 2  # bisections between a track's last pass and first miss
 TIMED_IMAGES = 8  # calibration images each candidate is timed on, one at a time
-
-
-@dataclass(frozen=True)
-class Target:
-    metric: str  # cosine | top1
-    value: float  # the least quality accepted
-
-    def __str__(self) -> str:
-        return f"{self.metric}={self.value:g}"
-
-    def met(self, quality: float) -> bool:
-        return quality >= self.value
-
-
-def parse_target(value: "str | Target | None") -> Target | None:
-    """"cosine=0.98" or "top1=0.9" -> Target; anything else a VWTError saying what is expected."""
-    if value is None or isinstance(value, Target):
-        return value
-    metric, sep, number = str(value).partition("=")
-    hint = "expected cosine=0.98 or top1=0.9 (a quality in (0, 1] the chosen setting must keep)"
-    try:
-        quality = float(number)
-    except ValueError:
-        quality = float("nan")
-    if not sep or metric.strip() not in METRICS or not 0.0 < quality <= 1.0:  # NaN fails too
-        raise VWTError(f"--target {value}: {hint}")
-    return Target(metric.strip(), quality)
-
-
-def searchable() -> list:
-    """The methods --target searches: the registered ones with a search ladder (vwt_export.methods)."""
-    from .. import methods
-
-    return [m for m in map(methods.get, methods.names()) if m.search_ladder]
 
 
 # -- the walk: coarse to fine along one method's ladder ------------------------------------------------------
@@ -224,9 +191,10 @@ class _Search:
             if int8:
                 self.run.written.append(path)
             self.measure(label + " + INT8" if int8 else label, path, int8, method.name, dict(spec.values))
-        return self._logged(self.rows[label + " + INT8" if int8 else label, int8])
+        return self.judge(self.rows[label + " + INT8" if int8 else label, int8])
 
-    def _logged(self, row: Row) -> bool:
+    def judge(self, row: Row) -> bool:
+        """Whether a measured row meets the target, logged as one progress line."""
         target = self.run.cfg.checks.target
         row.passes = target.met(row.quality)
         tokens = f", {row.tokens:.1f} tokens" if row.tokens is not None else ""
@@ -278,7 +246,7 @@ def run_search(run, vocab) -> dict:
     if cfg.engines.int8:
         int8_path = search.quantized(fp32_path)
         run.written.append(int8_path)
-        search._logged(search.measure("int8", int8_path, True, "none", plain))
+        search.judge(search.measure("int8", int8_path, True, "none", plain))
     for method in searchable():
         for int8 in (False, True) if cfg.engines.int8 else (False,):
             walk(method.search_ladder, lambda step, m=method, q=int8: search.setting(m, step, q))
@@ -387,5 +355,4 @@ def markdown(result: dict) -> list[str]:
     return lines + ["", f"![target search]({result['plot']})", ""]
 
 
-__all__ = ["METRICS", "Row", "Target", "check_target", "choose", "held_out", "markdown", "midpoint", "parse_target",
-           "run_search", "walk"]
+__all__ = ["Row", "check_target", "choose", "held_out", "markdown", "midpoint", "run_search", "walk"]

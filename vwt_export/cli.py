@@ -138,6 +138,10 @@ def _sweep_help() -> str:
               "of the TensorRT engines' profiles")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="use at most N images of each folder")
 @click.option("--sweep", multiple=True, metavar="KEY=V1,V2", help=_sweep_help())
+@click.option("--target", default=None, metavar="METRIC=VALUE",
+              help="find the fastest setting keeping this quality: cosine=0.98 (outputs' cosine to FP32) or top1=0.9 "
+              "(top-1 agreement, models with a head); searches every method's settings with INT8 on and off on the "
+              "--calib images, writes the chosen one as this run's model, reports it on the held-out --val images")
 @click.option("--seed", type=int, default=0, show_default=True, help="k-means seed")
 @click.option("--device", default="cpu", show_default=True, help="torch device for the torch path (cpu, cuda)")
 @click.option("--demo", is_flag=True, help="offline demo: random weights and built-in synthetic images")

@@ -47,6 +47,41 @@ def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise VWTError(f"{name}={value!r} is not one of {', '.join(choices)}")
 
 
+METRICS = {"cosine": "cosine of the outputs to FP32", "top1": "top-1 agreement with FP32"}  # --target's
+
+
+@dataclass(frozen=True)
+class Target:
+    metric: str  # cosine | top1
+    value: float  # the least quality accepted
+
+    def __str__(self) -> str:
+        return f"{self.metric}={self.value:g}"
+
+    def met(self, quality: float) -> bool:
+        return quality >= self.value
+
+
+def parse_target(value: "str | Target | None") -> Target | None:
+    """"cosine=0.98" or "top1=0.9" -> Target; anything else a VWTError saying what is expected."""
+    if value is None or isinstance(value, Target):
+        return value
+    metric, sep, number = str(value).partition("=")
+    hint = "expected cosine=0.98 or top1=0.9 (a quality in (0, 1] the chosen setting must keep)"
+    try:
+        quality = float(number)
+    except ValueError:
+        quality = float("nan")
+    if not sep or metric.strip() not in METRICS or not 0.0 < quality <= 1.0:  # NaN fails too
+        raise VWTError(f"--target {value}: {hint}")
+    return Target(metric.strip(), quality)
+
+
+def searchable() -> list[methods.Method]:
+    """The methods --target searches: the registered ones with a search ladder (vwt_export.methods)."""
+    return [m for m in map(methods.get, methods.names()) if m.search_ladder]
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -114,9 +149,11 @@ class Checks:
     batches: tuple[int, ...] = (1, 8)  # batch sizes timed
     reps: int = 10  # timed repetitions per variant and batch
     sweep: Mapping[str, tuple] = field(default_factory=dict)  # {key: values}, keys: the methods' sweep keys
+    target: Any = None  # "cosine=0.98" | "top1=0.9" -> check.target.Target: search for the fastest setting keeping it
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batches", parse_batches(self.batches))
+        object.__setattr__(self, "target", parse_target(self.target))
         _positive("reps", self.reps)
         sweep = dict(self.sweep) if isinstance(self.sweep, Mapping) else self.sweep
         object.__setattr__(self, "sweep", MappingProxyType(methods.parse_sweep(sweep) if sweep else {}))
@@ -165,6 +202,12 @@ class ExportConfig:
             raise VWTError("--triton serves the ONNX graphs: drop --skip-export")
         if self.checks.sweep and not (self.checks.enabled and self.engines.onnx):
             raise VWTError("--sweep measures ONNX graphs on the check images: drop --skip-checks / --skip-export")
+        if self.checks.target and (d.calib is None or d.val is None or not self.checks.enabled or not self.engines.onnx):
+            raise VWTError(f"--target {self.checks.target} chooses on the --calib images and reports on held-out --val "
+                           "images: pass both (and drop --skip-checks / --skip-export)")
+        if self.checks.target and d.val.resolve() == d.calib.resolve():
+            raise VWTError(f"--target {self.checks.target}: --val {d.val} is the --calib folder; the check images must "
+                           "be held out from the choice: pass another folder")
         if self.needs_vocabulary and c.vocab is None and d.calib is None:
             keys = [k for m in methods.swept(self.checks.sweep) if m.needs_vocabulary for k in m.sweep_keys]
             raise VWTError(f"sweeping {' or '.join(keys)} needs a vocabulary: pass --vocab FILE or --calib DIR")
@@ -178,7 +221,8 @@ class ExportConfig:
 
     @property
     def needs_vocabulary(self) -> bool:
-        return any(m.needs_vocabulary for m in (self.compression.method, *methods.swept(self.checks.sweep)))
+        searched = searchable() if self.checks.target else []
+        return any(m.needs_vocabulary for m in (self.compression.method, *methods.swept(self.checks.sweep), *searched))
 
     @classmethod
     def from_options(cls, model: str, *, mode: str = "inter", weights: str = "pretrained",
@@ -187,7 +231,7 @@ class ExportConfig:
                      skip_checks: bool = False, skip_export: bool = False, skip_int8: bool = False,
                      backend: str = "ort", trt_target: str | None = None, batches=(1, 8), reps: int = 10,
                      batch_size: int = 32, max_images: int | None = None, seed: int = 0, device: str = "cpu",
-                     sweep=(), int8_attention: bool = False, int8_calibration: str = "minmax", triton: bool = False,
+                     sweep=(), target=None, int8_attention: bool = False, int8_calibration: str = "minmax", triton: bool = False,
                      progress: bool = True, command: str | None = None, **method_options: Any) -> "ExportConfig":
         """The configuration from the command line's options, by their flag names; `method_options` are the
         compression methods' (threshold=0.2, keep=0.5, grouping="local", r=13, prop_attn=True, ...)."""
@@ -203,7 +247,7 @@ class ExportConfig:
             model=ModelSpec(model, weights, model_args or {}),
             data=Data(calib=calib, val=val, max_images=max_images, batch_size=batch_size),
             compression=Compression(mode=mode, options=method_options, vocab=vocab, vocab_size=vocab_size, seed=seed),
-            checks=Checks(enabled=not skip_checks, batches=batches, reps=reps, sweep=sweep),
+            checks=Checks(enabled=not skip_checks, batches=batches, reps=reps, sweep=sweep, target=target),
             engines=Engines(onnx=not skip_export, int8=not skip_int8, backend=backend, trt_target=trt_target,
                             int8_attention=int8_attention, int8_calibration=int8_calibration, triton=triton),
             out=out, device=device, progress=progress, command=command,
@@ -228,4 +272,5 @@ def _option_defaults():
 
 _OPTION_DEFAULTS = _option_defaults()
 
-__all__ = ["BACKENDS", "Checks", "Compression", "Data", "Engines", "ExportConfig", "ModelSpec", "parse_batches"]
+__all__ = ["BACKENDS", "METRICS", "Checks", "Compression", "Data", "Engines", "ExportConfig", "ModelSpec", "Target",
+           "parse_batches", "parse_target", "searchable"]

@@ -67,7 +67,7 @@ STATUSES = ("running", "complete", "interrupted", "failed", "unrecorded")  # unr
 RUN_ID = re.compile(r"(unrecorded-)?\d{8}T\d{6}Z-[0-9a-f]{6}")  # new_run_id(), or "unrecorded-" + one
 # The names a run writes at the top of OUT (and atomic_path's temporary files, which a killed run leaves)
 WRITTEN_NAMES = ("model*.onnx", "model*.engine", "model*.engine.json", "*.onnx.data", "vocab.safetensors",
-                 "report.json", "report.md", "summary.json", "timing.cache", "polygraphy", "plots", "sweep",
+                 "report.json", "report.md", "summary.json", "timing.cache", "polygraphy", "plots", "sweep", "target",
                  "triton", "demo-images", ".*.tmp")
 CACHES = ("__pycache__",)  # folders Python writes beside a module it imports: no run's, no user's
 LISTED = 5  # refused files named in the error line; the rest are counted

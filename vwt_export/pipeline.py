@@ -5,9 +5,9 @@
     result.graph("vwt")            # Path of model.vwt.onnx
     result.report["variants"]      # accuracy / fidelity, tokens, latency, energy of every variant
 
-    check inputs -> load model -> vocabulary -> compress -> ONNX graphs (verified) -> INT8 -> stages -> TensorRT
-    engines -> torch check -> sweep settings exported -> every variant and setting measured (one timing run) -> sweep
-    ranked -> polygraphy files -> report.json/md -> summary.json
+    check inputs -> load model -> vocabulary -> (--target: search) -> compress -> ONNX graphs (verified) -> INT8
+    -> stages -> TensorRT engines -> torch check -> sweep settings exported -> every variant and setting measured
+    (one timing run) -> sweep ranked -> polygraphy files -> report.json/md -> summary.json
 
 Each stage is a function of what earlier stages returned; the work itself lives in the packages below (methods,
 vwt, graph, backends, check). One run context (check/context.py) carries the check images, decoded once, and
@@ -49,13 +49,20 @@ def _export(cfg: ExportConfig, inputs) -> ExportResult:
     from .check.polygraphy import polygraphy_files
     from .check.report import write_report, write_summary
     from .check.sweep import export_settings, rank_settings
+    from .check.target import check_target, held_out, run_search
     from .check.variants import measure_variants
 
     run = Run(cfg, load(cfg), inputs)
+    if cfg.checks.target:
+        check_target(cfg.checks.target, run.model)
     vocab = inputs.vocab
     if cfg.needs_vocabulary and vocab is None:
         vocab = learn(run)
         run.written.append(vocab.save(cfg.out / "vocab.safetensors"))
+    target = None
+    if cfg.checks.target:  # the search picks the mode and options; the run goes on as if they had been given
+        target = run_search(run, vocab)
+        cfg = run.cfg = chosen_config(cfg, target["chosen"])
     cmodel = compress(cfg.compression.spec, run.model, vocab)
     graphs, engines = [], {}
     if cfg.engines.onnx:
@@ -71,17 +78,29 @@ def _export(cfg: ExportConfig, inputs) -> ExportResult:
     if cfg.checks.enabled and graphs:
         settings = export_settings(run, graphs, vocab) if cfg.checks.sweep else []
         measured = measure_variants(run, graphs, engines, [s.candidate for s in settings])  # one timing run
+        if target:
+            target["held_out"] = held_out(target, measured.variants, len(run.images.files), cfg.data.check_folder)
         sweep = rank_settings(run, graphs, settings, measured) if settings else None
         polygraphy = polygraphy_files(run, cmodel, graphs)
-        report = write_report(run, cmodel, vocab, measured.variants, polygraphy, sweep)
+        report = write_report(run, cmodel, vocab, measured.variants, polygraphy, sweep, target)
     if cfg.engines.triton:
         from .serving import write_repository
 
         run.written.append(write_repository(cfg.out, [g.path for g in graphs] + list(engines.values())))
         log.info("serve the Triton model repository with `vwt-export serve %s`", run.written[-1])
     result = run.result(graphs, engines, torch_check, report)
-    run.written.append(write_summary(run, cmodel, vocab, result))  # the summary describes the result it ends
+    run.written.append(write_summary(run, cmodel, vocab, result, target))  # the summary describes the result it ends
     return result
+
+
+def chosen_config(cfg: ExportConfig, chosen: dict) -> ExportConfig:
+    """The run's configuration with the mode and options the target search chose (its command stays the user's)."""
+    from .config import Compression
+
+    c = cfg.compression
+    compression = Compression(mode=chosen["mode"], options=chosen["options"], vocab=c.vocab, vocab_size=c.vocab_size,
+                              seed=c.seed)
+    return cfg.replace(compression=compression, command=cfg.command)
 
 
 # -- stages -------------------------------------------------------------------------------------------------

@@ -55,3 +55,12 @@ def measure(runners: dict[str, Callable[[np.ndarray], object]],
         stats["images_per_s"] = b / (stats["p50_ms"] / 1e3)
         out[name][b] = stats
     return out
+
+
+def per_image_ms(runners: dict[str, Callable[[np.ndarray], object]], images: np.ndarray, reps: int, warmup: int = 2,
+                 progress: Callable[[int], None] | None = None) -> dict[str, float]:
+    """{variant: p50 ms per image at batch 1}: each runner over `images` one at a time (per-image token counts
+    differ), every runner in the same interleaved run."""
+    loops = {name: (lambda _x, f=f: [f(images[i : i + 1]) for i in range(len(images))]) for name, f in runners.items()}
+    timing = measure(loops, {1: images[:1]}, warmup=warmup, reps=reps, progress=progress)
+    return {name: t[1]["p50_ms"] / len(images) for name, t in timing.items()}

@@ -22,6 +22,10 @@ report.json, version 1:
   polygraphy   {inputs, outputs: {file: reference}, commands}
   sweep        (with --sweep) {images, quality, plot, ranked: [{label, method, file, quality, tokens, latency_ms,
                pareto}]}
+  target       (with --target) {target, metric, value, quality, images, calib, timed_images, met, fp32_ms, plot,
+               chosen, candidates: [{label, mode, options, int8, file, quality, tokens, latency_ms, speedup, passes,
+               reference, chosen}], held_out {images, folder, quality, cosine, top1_agreement, met, file}}
+               (check/target.py; summary.json holds the same)
 """
 
 from __future__ import annotations
@@ -111,6 +115,10 @@ def markdown(report: dict) -> str:
         from .sweep import markdown as sweep_markdown
 
         lines += sweep_markdown(report["sweep"])
+    if report.get("target"):
+        from .target import markdown as target_markdown
+
+        lines += target_markdown(report["target"])
     checked, measured = report.get("verification") or {}, report.get("measured") or {}
     if checked or measured:
         output = "features" if m.get("headless") else "logits"
@@ -241,7 +249,8 @@ def write(report: dict, out: Path) -> list[Path]:
 # -- the run's report and summary ------------------------------------------------------------------------------
 
 
-def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: dict | None) -> dict:
+def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: dict | None,
+                 target: dict | None = None) -> dict:
     """report.json, report.md and the plots of a run whose variants were measured; returns report.json's content."""
     import datetime
     import os
@@ -275,6 +284,7 @@ def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: di
         "timing": {"reps": cfg.checks.reps, "warmup": WARMUP,
                    "images_at_batch_1": min(TIMED_IMAGES, len(run.images.files))},
         **({"sweep": sweep} if sweep else {}),
+        **({"target": target} if target else {}),
         "plots": [],
     }
     if cfg.compression.method.groups_patches:
@@ -286,7 +296,7 @@ def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: di
     return report
 
 
-def write_summary(run, cmodel, vocab, result) -> Path:
+def write_summary(run, cmodel, vocab, result, target: dict | None = None) -> Path:
     """summary.json: what the run wrote and verified, whether or not it measured (written last)."""
     import platform
 
@@ -306,6 +316,8 @@ def write_summary(run, cmodel, vocab, result) -> Path:
                     for v, p in result.engines.items()},
         "not_measured": result.not_measured,
     }
+    if target:
+        summary["target"] = target
     if result.torch_check is not None:
         summary["torch_check"] = {k: v for k, v in result.torch_check.items() if k != "counts"}
     path = cfg.out / "summary.json"

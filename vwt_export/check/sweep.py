@@ -125,10 +125,15 @@ def rank(rows: list[Row]) -> list[Row]:
 
 
 MARKERS = {"fp32": "s", "int8": "D", "vwt": "o", "intra": "^", "tome": "v"}
+DPI = 110
+LABEL_RINGS_PT = (5, 12, 20, 30, 42, 56, 72)  # distances tried for a label from its point, nearest first
+LABEL_DIRECTIONS = 16
 
 
-def plot_tradeoff(rows: list[dict], quality_name: str, path: Path, heading: Heading | None = None) -> None:
-    """Quality against batch-1 latency, one marker per method, the Pareto front drawn."""
+def plot_tradeoff(rows: list[dict], quality_name: str, path: Path, heading: Heading | None = None,
+                  target: float | None = None, chosen: str | None = None) -> None:
+    """Quality against batch-1 latency, one marker per method, the Pareto front drawn, labels that never overlap;
+    with `target` its line, with `chosen` that setting marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,27 +141,122 @@ def plot_tradeoff(rows: list[dict], quality_name: str, path: Path, heading: Head
 
     from ..atomic import atomic_path
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = tradeoff_figure(rows, quality_name, target, chosen, heading)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+def tradeoff_figure(rows: list[dict], quality_name: str, target: float | None = None, chosen: str | None = None,
+                    heading: Heading | None = None):
+    """The trade-off plot's figure (plot_tradeoff saves it): labels placed after the layout is fixed."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=DPI)
     for method in dict.fromkeys(r["method"] for r in rows):
         pts = [r for r in rows if r["method"] == method]
-        ax.scatter([r["latency_ms"] for r in pts], [r["quality"] for r in pts], marker=MARKERS.get(method, "o"),
-                   label=method, s=40)
-        for r in pts:
-            ax.annotate(r["label"], (r["latency_ms"], r["quality"]), textcoords="offset points", xytext=(4, 4),
-                        fontsize=7)
+        ax.scatter([r["latency_ms"] for r in pts], [r["quality"] for r in pts],
+                   marker=MARKERS.get(method.split("+")[0], "o"), label=method, s=40, zorder=3)
     front = [r for r in sorted(rows, key=lambda r: r["latency_ms"]) if r.get("pareto")]
     ax.plot([r["latency_ms"] for r in front], [r["quality"] for r in front], "k--", lw=1, label="Pareto front")
+    picked = [r for r in rows if r["label"] == chosen]
+    if picked:
+        ax.scatter([picked[0]["latency_ms"]], [picked[0]["quality"]], marker="*", s=320, facecolors="none",
+                   edgecolors="crimson", linewidths=1.8, zorder=4, label=f"chosen: {chosen}")
+    if target is not None:
+        ax.axhline(target, color="0.2", lw=1.2, ls="-.", label=f"target {target:g}")
     ax.set_xlabel("p50 latency at batch 1 (ms)")
     ax.set_ylabel(quality_name)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.margins(0.12)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if heading:
-        heading.apply(fig, "trade-off sweep: quality against batch-1 latency")
+        heading.apply(fig, "quality against batch-1 latency")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    ax.set_xlim(ax.get_xlim())  # frozen: labels are placed in display space from here on
+    ax.set_ylim(ax.get_ylim())
+    place_labels(ax, [(r["latency_ms"], r["quality"]) for r in rows], [r["label"] for r in rows])
+    return fig
+
+
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str], fontsize: float = 7) -> list:
+    """Annotate each point with its label where the label overlaps no other label and no marker: greedy, points
+    in order of crowding, trying offsets on rings of growing radius (a leader line beyond the first ring). A
+    label with no free place inside the axes goes in a column left of the legend, with a leader line."""
+    import numpy as np
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    xy = ax.transData.transform(np.asarray(points, dtype=float).reshape(-1, 2))
+    marker = 5 * fig.dpi / 72  # half a marker of size 40, in pixels
+    taken = [_box(x - marker, y - marker, x + marker, y + marker) for x, y in xy]
+    crowding = [sum(np.hypot(*(xy[j] - xy[i])) < 60 for j in range(len(xy))) for i in range(len(xy))]
+    order = sorted(range(len(xy)), key=lambda i: -crowding[i])
+    texts: list = [None] * len(xy)
+    homeless = []
+    for i in order:
+        for dx, dy in _offsets():
+            text = _annotate(ax, labels[i], points[i], (dx, dy), fontsize, leader=np.hypot(dx, dy) > 6)
+            box = _extent(text, renderer)
+            if _inside(box, frame) and not any(_overlap(box, t) for t in taken):
+                taken.append(box)
+                texts[i] = text
+                break
+            text.remove()
+        else:
+            homeless.append(i)
+    # the column: right of the axes, under the legend, one line per label, top to bottom in the points' order
+    legend = ax.get_legend()
+    top = (legend.get_window_extent(renderer).y0 if legend else frame.y1) - 8
+    for i in sorted(homeless, key=lambda i: -xy[i][1]):
+        text = ax.annotate(labels[i], points[i], xycoords="data", xytext=(frame.x1 + 8, top),
+                           textcoords="figure pixels", fontsize=fontsize, ha="left", va="top",
+                           arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5"))
+        box = _extent(text, renderer)
+        top = box[1] - 2
+        taken.append(box)
+        texts[i] = text
+    return texts
+
+
+def _offsets():
+    import math
+
+    for radius in LABEL_RINGS_PT:
+        for k in range(LABEL_DIRECTIONS):
+            a = math.pi / 4 + 2 * math.pi * k / LABEL_DIRECTIONS  # up and right first
+            yield radius * math.cos(a), radius * math.sin(a)
+
+
+def _annotate(ax, label, point, offset, fontsize, leader):
+    dx, dy = offset
+    ha = "left" if dx > 0.5 else "right" if dx < -0.5 else "center"
+    va = "bottom" if dy > 0.5 else "top" if dy < -0.5 else "center"
+    return ax.annotate(label, point, textcoords="offset points", xytext=offset, fontsize=fontsize, ha=ha, va=va,
+                       arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5", shrinkA=0, shrinkB=3) if leader else None)
+
+
+def _extent(text, renderer) -> tuple[float, float, float, float]:
+    """The label's box in pixels (x0, y0, x1, y1), its text only (not its leader line)."""
+    from matplotlib.text import Text
+
+    text.update_positions(renderer)
+    b = Text.get_window_extent(text, renderer)  # an Annotation's own extent includes its arrow
+    return _box(b.x0, b.y0, b.x1, b.y1)
+
+
+def _box(x0, y0, x1, y1, pad: float = 2.0) -> tuple[float, float, float, float]:
+    return x0 - pad, y0 - pad, x1 + pad, y1 + pad
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _inside(box, frame) -> bool:
+    return box[0] >= frame.x0 and box[1] >= frame.y0 and box[2] <= frame.x1 and box[3] <= frame.y1
 
 
 def markdown(sweep: dict) -> list[str]:

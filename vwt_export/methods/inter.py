@@ -23,6 +23,7 @@ class Inter(Method):
     options = (THRESHOLD, GROUPING, SPACE)
     sweep_keys = ("threshold", "grouping")
     sweep_group = "vwt"
+    search_ladder = tuple({"threshold": t} for t in (0.01, 0.02, 0.05, 0.1, 0.2))
     needs_vocabulary = True
     stages = True
     groups_patches = True

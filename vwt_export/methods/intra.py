@@ -38,6 +38,7 @@ class Intra(Method):
     summary = "keep the highest-variance patches"
     options = (KEEP, SPACE)
     sweep_keys = ("keep",)
+    search_ladder = tuple({"keep": k} for k in (0.9, 0.75, 0.6, 0.45))
 
     def build(self, model, spec, vocab=None):
         return CompressedViT(model, "intra", vocab=vocab, keep=spec.keep, space=spec.space,

@@ -65,6 +65,8 @@ class Method:
     options: ClassVar[tuple[Option, ...]] = ()  # besides COMMON
     sweep_keys: ClassVar[tuple[str, ...]] = ()  # the options --sweep varies for it (every combination)
     sweep_group: ClassVar[str] = ""  # the sweep rows' method column and plot marker (default: name)
+    # --target walks it: settings (its options' values) from least to most compression; no ladder, not searched
+    search_ladder: ClassVar[tuple[Mapping[str, Any], ...]] = ()
     needs_vocabulary: ClassVar[bool] = False  # matches visual words: learn or load a vocabulary
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")  # exported from torch (INT8 is quantized from FP32)
     stages: ClassVar[bool] = False  # also written as tokenize + trunk graphs (length-aware batching)

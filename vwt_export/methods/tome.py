@@ -16,6 +16,7 @@ class ToMe(Method):
     summary = "ToMe's r merges in every block (a comparator)"
     options = (R,)
     sweep_keys = ("r",)
+    search_ladder = tuple({"r": r} for r in (4, 8, 12, 16, 20))
     precisions = ("fp32",)  # its float16 graph is untested
 
     def build(self, model, spec, vocab=None):

@@ -7,7 +7,8 @@ by head with log(size), the bipartite matching and merging in Python lists). Wha
   - the tokens start with VWT's group sizes, so proportional attention and size-weighted merging see them;
   - an image of L tokens merges r_b = min(r, (L - P) // 2) tokens in a block (a fraction f of its non-prefix
     tokens: min(floor(f * (L - P)), (L - P) // 2), computed with Python's exact Fraction);
-  - pooling: the class token, or the size-weighted mean of the non-prefix tokens.
+  - pooling: the class token, or the size-weighted mean of the non-prefix tokens;
+  - with `tile`, a group never crosses a tile x tile square of patches; groups come tile by tile (row-major).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def labels_from_keys(keys: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def hybrid_forward(model, pixels: torch.Tensor, vocab: torch.Tensor | None, thresh: float, r, prop_attn: bool = True,
-                   local: bool = True, space: str = "image", keys: torch.Tensor | None = None) -> dict:
+                   local: bool = True, space: str = "image", keys: torch.Tensor | None = None, tile: int = 0) -> dict:
     """pixels[B, C, H, W] (or given keys [B, N]) -> {"logits", "tokens": per image the tokens each block's attention
     saw, "sizes": per image the sizes after each block, "final": per image the final normed tokens, "margin":
     the smallest tie margin of any in-block matching}."""
@@ -53,8 +54,12 @@ def hybrid_forward(model, pixels: torch.Tensor, vocab: torch.Tensor | None, thre
         else:
             feats = vwt_ref.patches(one, p) if space == "image" else emb
             lab = vwt_ref.labels(feats, vocab, thresh)
+        grid_w = one.shape[-1] // p
+        if tile:  # groups split by tile x tile squares, ordered tile by tile, then as before
+            cell = [(n // grid_w // tile) * 1000 + (n % grid_w) // tile for n in range(lab.shape[1])]
+            lab = labels_from_keys(torch.tensor([cell]) * (lab.shape[1] + 1) + lab)
         if local:
-            lab = vwt_ref.local_labels(lab, one.shape[-1] // p)
+            lab = vwt_ref.local_labels(lab, grid_w)
         x = torch.cat((tokens[0, :P], vwt_ref.mean_by_label(tokens[:, P:], lab)[0]), dim=0)
         size = [1.0] * P + torch.bincount(lab[0]).float().tolist()
         counts, after = [], []

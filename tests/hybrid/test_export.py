@@ -22,16 +22,17 @@ R = 4
 
 @pytest.fixture(scope="module", params=["registers", "avg"])
 def exported(request, hybrid_models, hybrid_vocabs):
-    """(HybridViT, its graph, test images): three prefix tokens (class + 2 registers) or none with size-weighted
-    pooling."""
+    """(HybridViT, its graph, test images): three prefix tokens (class + 2 registers), or none with size-weighted
+    pooling and groups bounded by 2 x 2 tiles."""
     model, vocab = hybrid_models[request.param], hybrid_vocabs[request.param]
     x = images_for(model, seed=2)
-    hmodel = compress_hybrid(model, vocab, threshold=mixed_threshold(model, x, vocab), r=R)
+    tile = 2 if request.param == "avg" else 0
+    hmodel = compress_hybrid(model, vocab, threshold=mixed_threshold(model, x, vocab), r=R, tile=tile)
     return hmodel, export_hybrid(hmodel, check=False), x  # the tests below do the checking
 
 
 def test_graph_has_one_token_merge_then_standard_ops(exported, op_library):
-    _, proto, _ = exported
+    hmodel, proto, _ = exported
     assert [i.name for i in proto.graph.input] == ["pixels"] and [o.name for o in proto.graph.output] == ["logits"]
     assert [n.op_type for n in proto.graph.node if n.domain == ops.DOMAIN] == [ops.TOKEN_MERGE]
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx", ops.DOMAIN}
@@ -41,6 +42,7 @@ def test_graph_has_one_token_merge_then_standard_ops(exported, op_library):
     assert not {"ScatterElements", "ScatterND", "TopK", "NonZero"} & types  # TensorRT has no scatter-add; no sort
     meta = read_metadata(proto)
     assert meta["r"] == [str(R)] * 3 and meta["grouping"] == "local" and meta["prop_attn"]
+    assert meta["tile"] == hmodel.tile and any(n.name == "vwt/tile_keys" for n in proto.graph.node) == bool(hmodel.tile)
     onnx.checker.check_model(make_portable(proto), full_check=True)
 
 

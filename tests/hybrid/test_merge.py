@@ -7,7 +7,7 @@ import torch
 
 from vwt_export.errors import VWTError
 from vwt_export.hybrid.merge import (Matching, decision_margin, merge_tokens, output_slots, parse_rule, parse_rules,
-                                     removed, removed_per_image, schedule)
+                                     removed, removed_per_image, schedule, tile_offsets)
 
 RULES = [0, 1, 3, 8, 16, Fraction(1, 10), Fraction(1, 4), Fraction(1, 2)]
 
@@ -87,3 +87,18 @@ def test_decision_margin_sees_ties_and_ignores_pads():
     padded[0, 3:] = 0
     assert float(decision_margin(metric, padded, one, 0)[0]) > 0.1
     assert float(decision_margin(metric, sizes, torch.tensor([0]), 0)[0]) == float("inf")
+
+
+def test_tile_offsets_keep_groups_inside_tiles():
+    """A 6 x 5 grid (30 patches), tiles of 2: every patch's tile (row // 2, col // 2) gets its own offset, a
+    multiple of V + N above any key, so equal keys in different tiles can never be equal after the offset."""
+    v, n, grid_w = 7, 30, 5
+    offsets = tile_offsets(n, grid_w, 2, v)
+    tiles = [(i // grid_w // 2, i % grid_w // 2) for i in range(n)]
+    assert (offsets % (v + n) == 0).all()
+    for i in range(n):
+        for j in range(n):
+            assert (offsets[i] == offsets[j]) == (tiles[i] == tiles[j])
+    keys = torch.randint(0, v + n, (n,))
+    assert set(((keys + offsets) // (v + n)).tolist()) == set((offsets // (v + n)).tolist())
+    assert not tile_offsets(n, grid_w, 0, v).any()

@@ -17,16 +17,16 @@ from .conftest import assert_close, rel_err
 KINDS = ["cls", "distilled", "registers", "avg"]
 
 
-@pytest.mark.parametrize("kind,r,prop_attn", [(k, 3, True) for k in KINDS]
-                         + [("cls", 0.25, True), ("avg", 0.5, True), ("registers", [5, 2, 1], True),
-                            ("cls", 4, False), ("avg", 4, False)])
-def test_matches_reference(make_hybrid, kind, r, prop_attn):
-    hmodel, x = make_hybrid(kind, r=r, prop_attn=prop_attn)
+@pytest.mark.parametrize("kind,r,prop_attn,tile", [(k, 3, True, 0) for k in KINDS]
+                         + [("cls", 0.25, True, 0), ("avg", 0.5, True, 0), ("registers", [5, 2, 1], True, 0),
+                            ("cls", 4, False, 0), ("avg", 4, False, 0), ("distilled", 3, True, 2), ("avg", 0.25, True, 4)])
+def test_matches_reference(make_hybrid, kind, r, prop_attn, tile):
+    hmodel, x = make_hybrid(kind, r=r, prop_attn=prop_attn, tile=tile)
     with torch.no_grad():
         logits = hmodel(x)
         final, sizes = hmodel.forward_features(x)
     rules = [v if isinstance(v, int) else Fraction(str(v)) for v in (r if isinstance(r, list) else [r] * 3)]
-    expected = ref.hybrid_forward(hmodel.model, x, hmodel.vwt.vocab.words, hmodel.threshold, rules, prop_attn)
+    expected = ref.hybrid_forward(hmodel.model, x, hmodel.vwt.vocab.words, hmodel.threshold, rules, prop_attn, tile=tile)
     # the test data decide every matching by a clear margin, so float noise cannot flip a decision
     assert expected["margin"] > 1e-5
     assert abs(float(hmodel.decision_margins(x).min()) - expected["margin"]) < 1e-5
@@ -128,7 +128,8 @@ def test_prop_attn_changes_the_result(make_hybrid):
 def test_bad_options_are_one_clear_error(hybrid_models, hybrid_vocabs):
     model, vocab = hybrid_models["cls"], hybrid_vocabs["cls"]
     for options, message in [({"r": -1}, "non-negative"), ({"r": 0.75}, "fraction"), ({"r": [1, 2]}, "blocks"),
-                             ({"grouping": "nearby"}, "grouping"), ({"threshold": 3.0}, "threshold")]:
+                             ({"grouping": "nearby"}, "grouping"), ({"threshold": 3.0}, "threshold"),
+                             ({"tile": 1}, "tile"), ({"tile": 2.0}, "tile")]:
         with pytest.raises(VWTError, match=message):
             compress_hybrid(model, vocab, **options)
     with pytest.raises(VWTError, match="vocabulary"):

@@ -37,8 +37,8 @@ from .export import DEFAULT_OPSET, OUTPUT_NAME, _version, export_model
 from .stages import COUNTS, SIZES, TOKENS, tokenize_stage
 from .surgery import apply_vwt
 
-META_R, META_THRESHOLD, META_GROUPING, META_PROP_ATTN = ("vwt.hybrid.r", "vwt.hybrid.threshold", "vwt.hybrid.grouping",
-                                                        "vwt.hybrid.prop_attn")
+META_R, META_THRESHOLD, META_GROUPING, META_PROP_ATTN, META_TILE = (
+    "vwt.hybrid.r", "vwt.hybrid.threshold", "vwt.hybrid.grouping", "vwt.hybrid.prop_attn", "vwt.hybrid.tile")
 
 
 class _Block(torch.nn.Module):
@@ -201,6 +201,23 @@ def _rename_inputs(proto: onnx.ModelProto, names: dict[str, str]) -> None:
                 node.input[i] = names[name]
 
 
+def _tile_keys(vwt_graph: onnx.ModelProto, offsets: np.ndarray) -> onnx.ModelProto:
+    """TokenMerge reads "vwt/keys" + the tile offsets (vwt_export.hybrid.merge.tile_offsets); "vwt/keys" itself
+    stays the matching's, which the checks compare with torch's."""
+    graph = gs.import_onnx(vwt_graph)
+    tm = next(n for n in graph.nodes if n.op == ops.TOKEN_MERGE and n.domain == ops.DOMAIN)
+    tiled = gs.Variable("vwt/tiled_keys", dtype=np.int64, shape=tm.inputs[1].shape)
+    graph.nodes.append(gs.Node("Add", "vwt/tile_keys", inputs=[tm.inputs[1], gs.Constant("vwt/tile_offsets", offsets)],
+                               outputs=[tiled]))
+    tm.inputs[1] = tiled
+    graph.cleanup().toposort()
+    out = gs.export_onnx(graph)
+    del out.opset_import[:]
+    out.opset_import.extend(vwt_graph.opset_import)
+    out.ir_version = vwt_graph.ir_version
+    return out
+
+
 def _without_counts(tokenize: onnx.ModelProto) -> onnx.ModelProto:
     """The tokenize stage with only the merged tokens and sizes as outputs (the counts are for the runtime)."""
     graph = gs.import_onnx(tokenize)
@@ -229,16 +246,18 @@ def metadata(hmodel: torch.nn.Module) -> dict[str, str]:
     from ..hybrid.merge import rule_label
 
     return {META_R: ",".join(map(rule_label, hmodel.rules)), META_THRESHOLD: repr(hmodel.threshold),
-            META_GROUPING: hmodel.grouping, META_PROP_ATTN: str(int(hmodel.prop_attn))}
+            META_GROUPING: hmodel.grouping, META_PROP_ATTN: str(int(hmodel.prop_attn)), META_TILE: str(hmodel.tile)}
 
 
 def read_metadata(proto: onnx.ModelProto) -> dict | None:
-    """{"r": [...], "threshold", "grouping", "prop_attn"} of a hybrid graph (kept by quantize_int8), else None."""
+    """{"r": [...], "threshold", "grouping", "prop_attn", "tile"} of a hybrid graph (kept by quantize_int8), else
+    None."""
     props = {p.key: p.value for p in proto.metadata_props}
     if META_R not in props:
         return None
     return {"r": props[META_R].split(","), "threshold": float(props[META_THRESHOLD]),
-            "grouping": props[META_GROUPING], "prop_attn": props[META_PROP_ATTN] == "1"}
+            "grouping": props[META_GROUPING], "prop_attn": props[META_PROP_ATTN] == "1",
+            "tile": int(props.get(META_TILE, 0))}
 
 
 def export_hybrid(hmodel: torch.nn.Module, opset: int = DEFAULT_OPSET, baseline: onnx.ModelProto | None = None,
@@ -253,6 +272,12 @@ def export_hybrid(hmodel: torch.nn.Module, opset: int = DEFAULT_OPSET, baseline:
     baseline = baseline if baseline is not None else export_model(model, opset)
     vwt_graph = apply_vwt(baseline, "inter", vocab=hmodel.vwt.vocab.words.numpy(), threshold=hmodel.threshold,
                           space=hmodel.space, prop_attn=hmodel.prop_attn, grouping=hmodel.grouping)
+    if hmodel.tile:
+        from ..hybrid.merge import tile_offsets
+
+        grid_h, grid_w = model.patch_embed.grid_size
+        vwt_graph = _tile_keys(vwt_graph, tile_offsets(grid_h * grid_w, grid_w, hmodel.tile,
+                                                       hmodel.unit_words.shape[0]).numpy())
     proto = join(tokenize_stage(vwt_graph), export_trunk(hmodel, opset))
     proto.producer_name, proto.producer_version = "vwt-export", _version()
     onnx.helper.set_model_props(proto, metadata(hmodel))

@@ -181,3 +181,14 @@ def merge_tokens(x: torch.Tensor, sizes: torch.Tensor, m: Matching, num_prefix: 
     out = torch.cat([a, b], dim=1).gather(1, index[..., None].expand(-1, -1, weighted.shape[-1]))
     out_x, out_size = out[..., :-1], out[..., -1]
     return out_x / out_size.clamp(min=1).unsqueeze(-1), out_size.float()
+
+
+def tile_offsets(num_patches: int, grid_w: int, tile: int, num_words: int) -> torch.Tensor:
+    """int64 [N]: added to the matching's keys (each in [0, V + N)) so that equal keys in different tile x tile
+    squares of the patch grid differ: no group crosses a tile, a token stands for at most tile^2 patches. Groups
+    then come tile by tile (TokenMerge orders them by key). tile = 0: all zeros."""
+    if tile == 0:
+        return torch.zeros(num_patches, dtype=torch.int64)
+    n = torch.arange(num_patches)
+    tiles_w = -(-grid_w // tile)
+    return (n // grid_w // tile * tiles_w + n % grid_w // tile) * (num_words + num_patches)

@@ -25,9 +25,10 @@ from ..tome.model import attention_with_keys, check_supported
 from ..vwt.merge import attention_bias
 from ..vwt.model import GROUPINGS, CompressedViT
 from ..vwt.vocab import Vocabulary
-from .merge import Rule, bipartite_matching, decision_margin, merge_tokens, parse_rules, removed, removed_per_image, rule_label
+from .merge import (Rule, bipartite_matching, decision_margin, merge_tokens, parse_rules, removed, removed_per_image,
+                    rule_label, tile_offsets)
 
-DEFAULTS = {"threshold": 0.1, "r": 8, "grouping": "local", "prop_attn": True}
+DEFAULTS = {"threshold": 0.1, "r": 8, "grouping": "local", "prop_attn": True, "tile": 0}
 
 
 def hybrid_block(blk: nn.Module, x: torch.Tensor, sizes: torch.Tensor, rule: Rule, num_prefix: int, prop_attn: bool,
@@ -55,11 +56,15 @@ class HybridViT(nn.Module):
 
     def __init__(self, model: nn.Module, vocab: Vocabulary, *, threshold: float = DEFAULTS["threshold"],
                  r: int | float | Sequence[int | float] = DEFAULTS["r"], space: str | None = None,
-                 grouping: str = DEFAULTS["grouping"], prop_attn: bool = DEFAULTS["prop_attn"]):
+                 grouping: str = DEFAULTS["grouping"], prop_attn: bool = DEFAULTS["prop_attn"],
+                 tile: int = DEFAULTS["tile"]):
         super().__init__()
         check_supported(model)
         if grouping not in GROUPINGS:
             raise VWTError(f"unknown grouping '{grouping}' (use one of {', '.join(GROUPINGS)})")
+        if isinstance(tile, bool) or not isinstance(tile, int) or tile == 1 or tile < 0:
+            raise VWTError(f"tile={tile!r}: a group's extent is 0 (unbounded) or a square of >= 2 patches a side")
+        self.tile = tile
         self.vwt = CompressedViT(model, "inter", vocab=vocab, threshold=threshold, space=space, prop_attn=prop_attn,
                                  grouping=grouping)
         self.model = model
@@ -79,8 +84,17 @@ class HybridViT(nn.Module):
     space = property(lambda self: self.vwt.space)
 
     def extra_repr(self) -> str:
-        return (f"threshold={self.threshold}, grouping={self.grouping}, space={self.space}, prop_attn={self.prop_attn}, "
-                f"r=[{', '.join(map(rule_label, self.rules))}]")
+        return (f"threshold={self.threshold}, grouping={self.grouping}, tile={self.tile}, space={self.space}, "
+                f"prop_attn={self.prop_attn}, r=[{', '.join(map(rule_label, self.rules))}]")
+
+    def group_keys(self, pixels: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
+        """The matching's keys (the model's own, or given: a graph's "vwt/keys") -> TokenMerge's keys: with
+        `tile`, offset so that no group crosses a tile."""
+        keys = self.match(pixels) if keys is None else keys.to(torch.int64)
+        if not self.tile:
+            return keys
+        grid_w = pixels.shape[-1] // self.vwt.patch_size
+        return keys + tile_offsets(keys.shape[1], grid_w, self.tile, self.unit_words.shape[0]).to(keys.device)
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vwt.features(pixels)
@@ -114,7 +128,7 @@ class HybridViT(nn.Module):
     @torch.no_grad()
     def forward_features(self, pixels: torch.Tensor, keys: torch.Tensor | None = None, margins: list | None = None,
                          trace: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x, sizes = self.vwt.tokenize(pixels, keys)
+        x, sizes = self.vwt.tokenize(pixels, self.group_keys(pixels, keys))
         return self.forward_tokens(x, sizes, margins, trace)
 
     @torch.no_grad()
@@ -140,5 +154,5 @@ class HybridViT(nn.Module):
 
 def compress_hybrid(model: nn.Module, vocab: Vocabulary, **options) -> HybridViT:
     """Wrap a timm ViT (from `load_model`) with the hybrid, in eval mode; options: threshold, r, space, grouping,
-    prop_attn (DEFAULTS)."""
+    prop_attn, tile (DEFAULTS)."""
     return HybridViT(model, vocab, **options).eval()

@@ -318,12 +318,11 @@ def settings(model, calib) -> list[Setting]:
         patch = None
         if tile:
             label += f" tile={tile}"
-            patch = lambda: tiled(tile, model.patch_embed.grid_size[1])  # noqa: E731
         elif magnitude:
             label += f" magnitude={magnitude:g}"
             patch = lambda: same_magnitude(vocab.words, magnitude)  # noqa: E731
-        return Setting(label, lambda: compress_hybrid(model, vocab, threshold=t, r=r, prop_attn=prop, grouping=grouping),
-                       "hybrid", len(vocab.words), feats[space], patch)
+        return Setting(label, lambda: compress_hybrid(model, vocab, threshold=t, r=r, prop_attn=prop, grouping=grouping,
+                                                      tile=tile or 0), "hybrid", len(vocab.words), feats[space], patch)
 
     depth, geo_tokens = len(model.blocks), vx.models.sequence_length(model)
     for t in (0.02, 0.05, 0.1):

@@ -65,6 +65,9 @@ def test_export_check_compares_and_can_fail(exported, op_library):
     other = compress_hybrid(hmodel.model, hmodel.vwt.vocab, threshold=hmodel.threshold, r=R - 1)
     with pytest.raises(VWTError, match="differs from torch"):
         check_against_torch(proto, other, x)
+    # an image whose in-block decisions sit within eps of a tie is counted and left out, never an error
+    counted = check_against_torch(proto, other, x, eps=float("inf"))
+    assert counted["compared"] == 0 and counted["near_ties"] == len(x)
     coarser = compress_hybrid(hmodel.model, hmodel.vwt.vocab, threshold=hmodel.threshold * 1.5, r=R)
     with pytest.raises(VWTError, match="patch matches differ"):
         check_against_torch(proto, coarser, x)

@@ -2,7 +2,8 @@
 
 `HybridViT(model, vocab, threshold=..., r=...)` wraps (does not modify) a timm VisionTransformer:
 
-    patch_embed -> _pos_embed -> norm_pre -> VWT TokenMerge (local grouping by default: vwt_export.vwt)
+    patch_embed -> _pos_embed -> norm_pre -> VWT TokenMerge (local grouping by default: vwt_export.vwt;
+                                                 optionally no group across a tile x tile square)
     -> every block:  x = x + ls1(attention(norm1(x), bias = key mask [+ log(size)]))     (keys: the metric)
                      x, sizes = merge removed(L_b) tokens per image (vwt_export.hybrid.merge)
                      x = x + ls2(mlp(norm2(x)))
@@ -38,8 +39,8 @@ def hybrid_block(blk: nn.Module, x: torch.Tensor, sizes: torch.Tensor, rule: Rul
     attn_out, metric = attention_with_keys(blk.attn, blk.norm1(x), attention_bias(sizes, prop_attn, x.dtype))
     x = x + blk.drop_path1(blk.ls1(attn_out))
     t_out = x.shape[1] - removed(x.shape[1], num_prefix, rule)
-    # an eager step that removes nothing is skipped (as an image alone would be); an export always merges,
-    # since T is symbolic there, and a step that removes nothing then only reorders nothing
+    # an eager step that removes nothing is skipped, as an image alone skips it; an export always runs the merge
+    # ops (T is symbolic there), which then keep every token (x * size / size: float noise)
     if rule != 0 and not (isinstance(t_out, int) and t_out == x.shape[1]):
         r_img = removed_per_image((sizes > 0).sum(dim=1), num_prefix, rule)
         if margins is not None:

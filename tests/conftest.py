@@ -1,4 +1,5 @@
 import os
+import subprocess
 
 import pytest
 import torch
@@ -39,3 +40,34 @@ def op_library():
         return ort_library()
     except Exception as e:
         pytest.fail(f"the vwt op library is not built: {e}")
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nobody can write into: chmod, or for root (whom chmod does not stop) the immutable flag."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    flagged = False
+    try:
+        if os.access(folder, os.W_OK):  # root
+            flagged = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+            if not flagged:
+                pytest.skip("running as root without chattr: no folder here is read-only")
+        yield folder
+    finally:
+        if flagged:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+@pytest.fixture(scope="session")
+def tritonserver():
+    """The tritonserver of the serving extra; the test is skipped, saying why, where it is not installed."""
+    from vwt_export.errors import VWTError
+    from vwt_export.serving.server import find_triton
+
+    try:
+        return find_triton()
+    except VWTError as e:
+        pytest.skip(f"serving extra not installed ({e})")

@@ -27,6 +27,7 @@ def images(tmp_path_factory):
     return write_demo_images(tmp_path_factory.mktemp("imgs"), count=6, size=80)
 
 
+@pytest.mark.slow
 def test_inter_run_learns_saves_and_reuses_the_vocabulary(tmp_path, images, capsys):
     out = tmp_path / "out"
     code, stdout, err = run_cli(TINY + ["--weights", "random", "--calib", str(images), "--vocab-size", "16",
@@ -56,6 +57,7 @@ def test_inter_run_learns_saves_and_reuses_the_vocabulary(tmp_path, images, caps
     assert not (tmp_path / "again" / "model.onnx").exists()
 
 
+@pytest.mark.slow
 def test_intra_run(tmp_path, images, capsys):
     code, stdout, err = run_cli(TINY + ["--weights", "random", "--mode", "intra", "--keep", "8", "--val", str(images),
                                         "--out", str(tmp_path), "--quiet"], capsys)
@@ -65,6 +67,7 @@ def test_intra_run(tmp_path, images, capsys):
     assert "tokens per image: mean 9.0 of 17" in stdout
 
 
+@pytest.mark.slow
 def test_python_dash_m_and_help():
     r = subprocess.run([sys.executable, "-m", "vwt_export", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--mode [none|intra|inter|tome]" in r.stdout
@@ -118,6 +121,7 @@ def test_bad_input_gives_one_clear_line_and_keeps_existing_files(tmp_path, image
         assert (out / "vocab.safetensors").read_bytes() == b"precious", name
 
 
+@pytest.mark.slow
 def test_trt_backend_builds_every_engine_ahead_of_time(tmp_path, images, capsys):
     """--backend trt with TensorRT-RTX on this GPU-less machine: the FP16 graphs are written and verified, and all
     six strongly typed engines are built for SM89 with sidecars; running them is reported as not measured."""
@@ -151,6 +155,7 @@ def test_trt_backend_builds_every_engine_ahead_of_time(tmp_path, images, capsys)
     assert "TensorRT: " not in err  # no spurious TensorRT errors when building ahead of time
 
 
+@pytest.mark.slow
 def test_a_vocabulary_with_duplicate_words_completes_and_reports_near_ties(tmp_path, images, capsys):
     """The reference repository's vocabularies hold exact and near-duplicate words. Matching them is a coin toss
     that ONNX Runtime and torch may call differently; the run must complete and count the near-ties."""
@@ -176,6 +181,7 @@ def test_a_vocabulary_with_duplicate_words_completes_and_reports_near_ties(tmp_p
     assert "near-tie patches" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_demo_with_a_vocabulary_checks_on_the_demo_scenes(tmp_path, images, capsys):
     Vocabulary(torch.randn(8, 3 * 16 * 16), patch_size=16).save(tmp_path / "v.safetensors")
     out = tmp_path / "out"

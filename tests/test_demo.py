@@ -67,6 +67,7 @@ def kept_fractions(folder, vocab_size: int = 128) -> np.ndarray:
     return cmodel.last_token_counts.numpy() / (model.patch_embed.num_patches + model.num_prefix_tokens)
 
 
+@pytest.mark.slow
 def test_default_scenes_spread_like_real_photos(tmp_path):
     folder = write_demo_images(tmp_path, count=32, size=256, seed=0)  # the scenes `--demo` writes
     kept = kept_fractions(folder)

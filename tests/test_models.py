@@ -109,6 +109,7 @@ OFFLINE = {"declared": {"HF_HUB_OFFLINE": "1"}, "unreachable": {"HF_ENDPOINT": "
 
 
 @pytest.mark.parametrize("offline", OFFLINE)
+@pytest.mark.slow
 def test_pretrained_comes_from_the_hub_cache_offline(tmp_path, offline):
     """timm's real hub path: a checkpoint laid out as huggingface_hub caches it loads with HF_HUB_OFFLINE=1."""
     sd = _trained_state(num_classes=1000)  # timm drops a classifier whose size differs from the hub's
@@ -133,6 +134,7 @@ def test_pretrained_comes_from_the_hub_cache_offline(tmp_path, offline):
 
 
 @pytest.mark.parametrize("offline", OFFLINE)
+@pytest.mark.slow
 def test_pretrained_offline_without_cache_names_the_fix(tmp_path, offline):
     code = "import vwt_export as vx\nvx.load_model('deit_t', weights='pretrained')\n"
     r = _python(code, {"HF_HOME": str(tmp_path), **OFFLINE[offline]})

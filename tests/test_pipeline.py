@@ -22,6 +22,7 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_example_runs_as_pasted(tmp_path):
     r = subprocess.run([sys.executable, "-c", readme_example()], cwd=tmp_path, capture_output=True, text=True,
                        timeout=600)
@@ -37,7 +38,7 @@ def test_the_readme_example_runs_as_pasted(tmp_path):
     ({"threshold": 2.5}, "threshold=2.5 is out of range"),
     ({"mode": "intra", "keep": 1.5}, "keep=1.5 is out of range"),
     ({"mode": "intra", "keep": "lots"}, "--keep lots"),
-    ({"mode": "intra", "grouping": "local"}, "grouping='local' merges matched words"),
+    ({"mode": "intra", "grouping": "local"}, "grouping='local' applies to inter mode only, not 'intra'"),
     ({"mode": "fancy"}, "mode='fancy' is not one of none, intra, inter"),
     ({"vocab_size": 0}, "vocab_size=0"),
     ({"batches": "0,8"}, "batch sizes"),
@@ -74,6 +75,7 @@ def test_unreadable_images_fail_before_any_slow_work(tmp_path, monkeypatch):
     assert slow == []
 
 
+@pytest.mark.slow
 def test_a_headless_model_is_checked_by_feature_cosine(tmp_path):
     images = write_demo_images(tmp_path / "imgs", count=4, size=64)
     result = vx.export("vit_tiny_patch16_224", weights="random", progress=False, mode="intra", keep=8, val=images,
@@ -99,6 +101,7 @@ def test_files_and_variants_are_named_in_one_place():
                      ("vwt+fp16", "model.vwt.fp16.onnx", "model.vwt.fp16.portable.onnx", "model.vwt.fp16.engine")}
 
 
+@pytest.mark.slow
 def test_tokens_are_measured_on_each_graph(tmp_path):
     """The INT8 graph's tokens come from its own TokenMerge, not from the torch path."""
     images = write_demo_images(tmp_path / "imgs", count=6, size=64)
@@ -125,6 +128,7 @@ def test_merge_overlay_tints_exactly_the_merged_patches():
     assert tinted.tolist() == [[True, True, False], [False, True, True]]
 
 
+@pytest.mark.slow
 def test_a_sweep_ranks_every_setting_on_the_same_images(tmp_path):
     images = write_demo_images(tmp_path / "imgs", count=6, size=64)
     result = vx.export("vit_tiny_patch16_224", calib=images, vocab_size=16, batches=[1], reps=2,
@@ -154,7 +158,8 @@ def test_a_sweep_ranks_every_setting_on_the_same_images(tmp_path):
 
 
 def test_pareto_front_and_sweep_parsing():
-    from vwt_export.check.sweep import pareto_front, parse
+    from vwt_export.check.sweep import pareto_front
+    from vwt_export.methods import parse_sweep as parse
 
     assert pareto_front([(10, 0.9), (5, 0.95), (7, 0.99), (3, 0.5), (8, 0.98)]) == [3, 1, 2]
     assert parse(["threshold=0.05,0.1", "r=8", "keep=0.5,147"]) == {"threshold": (0.05, 0.1), "r": (8,),
@@ -164,6 +169,7 @@ def test_pareto_front_and_sweep_parsing():
             parse([bad])
 
 
+@pytest.mark.slow
 def test_tome_mode_exports_quantizes_and_measures_like_the_vwt_modes(tmp_path):
     images = write_demo_images(tmp_path / "imgs", count=4, size=64)
     result = vx.export("vit_tiny_patch16_224", mode="tome", r=3, calib=images, batches=[1], reps=1,
@@ -179,6 +185,7 @@ def test_tome_mode_exports_quantizes_and_measures_like_the_vwt_modes(tmp_path):
     assert variants["tome"]["method"] == "tome" and variants["tome"]["merge_share"] is None
 
 
+@pytest.mark.slow
 def test_inter_runs_write_the_two_stages_and_time_batches_length_aware(tmp_path):
     images = write_demo_images(tmp_path / "imgs", count=6, size=64)
     result = vx.export("vit_tiny_patch16_224", calib=images, vocab_size=16, batches=[1, 4], reps=1,
@@ -198,6 +205,7 @@ def test_inter_runs_write_the_two_stages_and_time_batches_length_aware(tmp_path)
     np.testing.assert_allclose(staged, per_image, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_local_grouping_run_can_sweep_intra_settings(tmp_path):
     images = write_demo_images(tmp_path / "imgs", count=4, size=64)
     result = vx.export("vit_tiny_patch16_224", calib=images, vocab_size=16, grouping="local", sweep=["keep=0.5"],
@@ -205,6 +213,7 @@ def test_a_local_grouping_run_can_sweep_intra_settings(tmp_path):
     assert {r["label"] for r in result.report["sweep"]["ranked"]} == {"fp32", "intra keep=0.5"}
 
 
+@pytest.mark.slow
 def test_an_image_corrupt_past_its_header_is_skipped_and_labels_stay_aligned(tmp_path):
     """Headers are checked up front; a file whose data is truncated fails only when decoded. Its label must go too."""
     scenes = sorted(write_demo_images(tmp_path / "scenes", count=4, size=64).glob("*.png"))

@@ -7,18 +7,19 @@
     # or the pieces:
     model = vx.load_model("deit_s", weights="random")
     vocab = vx.learn_vocabulary(model, "images/", size=1000)
-    cmodel = vx.compress(model, mode="inter", vocab=vocab, threshold=0.1)
+    cmodel = vx.compress(model, mode="inter", vocab=vocab, threshold=0.1)   # any of vx.methods.names()
     logits = cmodel(x); cmodel.last_token_counts
 """
 
-from . import runtime
+from . import methods, runtime
 from .config import ExportConfig
 from .errors import VWTError
 from .models import load_model, model_cards
-from .pipeline import ExportResult, export
-from .vwt import CompressedViT, Vocabulary, compress, learn_vocabulary
+from .check.context import ExportResult
+from .pipeline import export
+from .methods import compress
+from .vwt import CompressedViT, Vocabulary, learn_vocabulary
+from .version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = ["CompressedViT", "ExportConfig", "ExportResult", "VWTError", "export", "Vocabulary", "compress", "learn_vocabulary", "load_model", "model_cards", "runtime",
+__all__ = ["CompressedViT", "ExportConfig", "ExportResult", "VWTError", "export", "Vocabulary", "compress", "learn_vocabulary", "load_model", "methods", "model_cards", "runtime",
            "__version__"]

@@ -15,7 +15,8 @@ compressed variants, the portable form with standard-op bodies) and, with Tensor
     tome        model.tome.onnx (standard ops only: no portable twin)  model.tome.fp32.engine
     tome+int8   model.tome.int8.onnx                                model.tome.int8.engine
 
-Adding a variant (a precision, or a method such as ToMe) changes this module only.
+A compressed variant's name is its method's (vwt_export.methods: `Method.variant`); adding a precision changes
+this module only.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PRECISIONS = ("fp32", "fp16", "int8")
-CUSTOM_OP_METHODS = ("vwt",)  # methods whose graphs may hold vwt custom ops (inter does), and then a portable twin
 
 
 @dataclass(frozen=True, order=True)
 class Variant:
     """One model the run produces: the baseline or a compressed model, in one precision."""
 
-    method: str = ""  # "" (the uncompressed baseline), "vwt" or "tome"
+    method: str = ""  # "" (the uncompressed baseline), or a method's variant name ("vwt", "tome")
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
@@ -54,9 +54,10 @@ class Variant:
         return f"model.{self.method}" if self.method else "model"
 
     def onnx_file(self, portable: bool = False) -> str:
-        """The graph's file name; `portable`: the form whose vwt ops carry standard-op bodies."""
+        """The graph's file name; `portable`: the form whose vwt ops carry standard-op bodies (a compressed graph
+        that holds vwt ops has one; the baseline never does)."""
         precision = "" if self.precision == "fp32" else f".{self.precision}"
-        return f"{self._stem}{precision}{'.portable' if portable and self.method in CUSTOM_OP_METHODS else ''}.onnx"
+        return f"{self._stem}{precision}{'.portable' if portable and self.compressed else ''}.onnx"
 
     def stage_file(self, stage: str) -> str:
         """The tokenize or trunk stage of the custom-op graph (length-aware batching; the naming rule is the
@@ -96,3 +97,11 @@ def in_order(variants_: set[Variant] | list[Variant]) -> list[Variant]:
 
 def find(graphs: list[Graph], variant: Variant, portable: bool = False, stage: str = "") -> Graph | None:
     return next((g for g in graphs if g.variant == variant and g.portable == portable and g.stage == stage), None)
+
+
+def engine_sources(graphs: list[Graph], plugin: bool) -> list[tuple[Variant, str, Graph]]:
+    """(variant, stage, graph) of every TensorRT engine: one per variant, from its custom-op graph when the plugin
+    library exists, else from its portable twin where it has one; and one per trunk stage."""
+    plan = [(v, "", find(graphs, v, portable=not plugin and find(graphs, v, True) is not None))
+            for v in in_order({g.variant for g in graphs})]
+    return plan + [(g.variant, "trunk", g) for g in graphs if g.stage == "trunk"]

@@ -10,8 +10,10 @@ from typing import Any
 
 import click
 
-from .config import BACKENDS, GROUPINGS, MODES
+from . import methods
+from .config import BACKENDS
 from .errors import VWTError
+from .graph.quantize import CALIBRATIONS
 
 
 class _Lines(logging.Formatter):
@@ -67,13 +69,43 @@ def _print_result(result) -> None:
         click.echo(f"wrote {path}", err=True)
 
 
+def _click_option(option: methods.Option):
+    """A method's option as a flag, from its one declaration (default, range, choices, help)."""
+    if option.kind is bool:
+        return click.option(f"{option.flag}/--no-{option.flag[2:]}", option.name, default=option.default,
+                            show_default=True, help=option.help)
+    if option.choices:
+        kind = click.Choice(option.choices)
+    elif option.parser is not None:
+        kind = click.STRING  # the option parses its own text
+    else:
+        lo, hi = option.bounds
+        kind = click.FloatRange(lo, hi) if option.kind is float else click.IntRange(lo, hi)
+    return click.option(option.flag, option.name, type=kind, default=option.default,
+                        show_default=option.default is not None, help=option.help)
+
+
+def _method_options(command):
+    for option in reversed(list(methods.all_options().values())):
+        command = _click_option(option)(command)
+    return command
+
+
+def _methods_help() -> str:
+    return "; ".join(f"{name}: {methods.get(name).summary}" for name in methods.names())
+
+
+def _sweep_help() -> str:
+    keys = ", ".join(f"{k} ({name})" for name in methods.names() for k in methods.get(name).sweep_keys)
+    return f"measure many settings on the same images and plot the trade-off; KEY: {keys}; repeatable"
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("model")
-@click.option("--mode", type=click.Choice(MODES), default="inter", show_default=True,
-              help="inter: merge patches matching the same visual word; intra: keep the highest-variance patches; "
-              "tome: ToMe's r merges in every block (a comparator)")
+@click.option("--mode", type=click.Choice(methods.names()), default="inter", show_default=True, help=_methods_help())
 @click.option("--weights", default=None, help="pretrained (timm hub/cache), random, or a checkpoint path "
-              "(.pth/.pt/.safetensors)  [default: pretrained; random with --demo]")
+              "(.pth/.pt/.bin/.safetensors, timm's or Hugging Face transformers' names, or a save_pretrained "
+              "folder)  [default: pretrained; random with --demo]")
 @click.option("--model-arg", "model_args", multiple=True, metavar="KEY=VALUE",
               help="extra timm.create_model argument, repeatable (e.g. img_size=384, num_classes=10)")
 @click.option("--calib", type=click.Path(path_type=Path), help="folder of calibration images; learns the vocabulary")
@@ -81,15 +113,7 @@ def _print_result(result) -> None:
 @click.option("--vocab", type=click.Path(path_type=Path),
               help="vocabulary to use instead of learning one (.safetensors, or a reference vocab.pt)")
 @click.option("--vocab-size", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--threshold", type=click.FloatRange(0.0, 2.0), default=0.1, show_default=True,
-              help="inter: largest cosine distance at which a patch matches a word")
-@click.option("--keep", default="0.75", show_default=True, help="intra: fraction of patches (0.75) or a count (147)")
-@click.option("--space", type=click.Choice(["image", "embed"]), default=None,
-              help="feature space patches are compared in  [default: the vocabulary's, else image]")
-@click.option("--grouping", type=click.Choice(GROUPINGS), default="global", show_default=True,
-              help="inter: global merges every patch matching a word; local only touching ones")
-@click.option("--r", "r", type=click.IntRange(min=0), default=8, show_default=True, help="tome: merges per block")
-@click.option("--prop-attn", is_flag=True, help="proportional attention: weight merged tokens by their size")
+@_method_options
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="output folder  [default: vwt-out/MODEL-MODE]")
 @click.option("--skip-checks", is_flag=True, help="do not compare against the uncompressed model")
 @click.option("--skip-export", is_flag=True, help="do not write ONNX files (torch path only)")
@@ -97,7 +121,7 @@ def _print_result(result) -> None:
 @click.option("--int8-attention", is_flag=True,
               help="INT8: also quantize attention's activation products (Q.K^T, softmax.V), for TensorRT's fused "
               "attention; by default only weight GEMMs and the patch conv are")
-@click.option("--int8-calibration", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+@click.option("--int8-calibration", type=click.Choice(CALIBRATIONS), default="minmax",
               show_default=True, help="INT8 calibration method")
 @click.option("--triton", is_flag=True, help="also write OUT/triton/, a Triton Inference Server model repository "
               "(serve it with `vwt-export serve OUT/triton`)")
@@ -109,9 +133,7 @@ def _print_result(result) -> None:
 @click.option("--reps", type=click.IntRange(min=1), default=10, show_default=True, help="timed repetitions per variant and batch")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="use at most N images of each folder")
-@click.option("--sweep", multiple=True, metavar="KEY=V1,V2",
-              help="measure many settings on the same images and plot the trade-off; KEY: threshold, grouping "
-              "(VWT inter), keep (intra), r (ToMe); repeatable")
+@click.option("--sweep", multiple=True, metavar="KEY=V1,V2", help=_sweep_help())
 @click.option("--seed", type=int, default=0, show_default=True, help="k-means seed")
 @click.option("--device", default="cpu", show_default=True, help="torch device for the torch path (cpu, cuda)")
 @click.option("--demo", is_flag=True, help="offline demo: random weights and built-in synthetic images")
@@ -135,13 +157,15 @@ def command(argv: list[str], model: str, demo: bool, quiet: bool, debug: bool, m
     try:
         if demo:
             from .demo import write_demo_images
+            from .outdir import OutputRun
 
             weights = weights or "random"
             if calib is None and options["val"] is None:  # with a --vocab, the scenes are for the checks only
                 out = options["out"] or Path("vwt-out") / f"{model}-{options['mode']}"
-                scenes = write_demo_images(out / "demo-images")
+                with OutputRun(out, [out / "demo-images"]):  # --out checked and locked before the scenes go in
+                    scenes = write_demo_images(out / "demo-images")
                 click.echo(f"demo: {len(list(scenes.glob('*.png')))} synthetic images in {scenes}", err=True)
-                if options["mode"] == "inter" and options["vocab"]:
+                if methods.get(options["mode"]).needs_vocabulary and options["vocab"]:
                     options["val"] = scenes
                 else:
                     calib = scenes

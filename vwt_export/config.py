@@ -5,7 +5,8 @@
 
 `from_options` takes the command line's options by their flag names (`--vocab-size` is `vocab_size`), so the
 CLI and Python callers build the same object and get the same checks. Every check that needs no file and no
-model happens here; `pipeline.export` checks files and folders next, before any slow work.
+model happens here; `pipeline.export` checks files and folders next, before any slow work. The compression
+method's options are its registry entry's (vwt_export.methods): declared, defaulted and checked there.
 """
 
 from __future__ import annotations
@@ -16,29 +17,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from . import methods
 from .errors import VWTError
-from .vwt.features import SPACES
-from .vwt.model import GROUPINGS, MODES as VWT_MODES
-
-MODES = VWT_MODES + ("tome",)
 
 BACKENDS = ("ort", "trt")
-
-
-def parse_keep(value: int | float | str) -> int | float:
-    """`keep` as given: a count (147), a fraction (0.75), or either as text."""
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in ".eE") else int(value)
-        except ValueError:
-            raise VWTError(f"--keep {value}: give a fraction like 0.75 or a patch count like 147") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise VWTError(f"keep must be a count or a fraction, not {value!r}")
-    if isinstance(value, float) and not 0.0 < value <= 1.0:
-        raise VWTError(f"keep={value} is out of range: give a fraction in (0, 1] or a patch count")
-    if isinstance(value, int) and value < 1:
-        raise VWTError(f"keep={value} patches is out of range: keep at least 1")
-    return value
 
 
 def parse_batches(value: str | int | tuple | list) -> tuple[int, ...]:
@@ -102,33 +84,28 @@ class Data:
 
 @dataclass(frozen=True)
 class Compression:
-    mode: str = "inter"  # none | intra | inter
+    mode: str = "inter"  # a registered method: vwt_export.methods.names()
+    options: Mapping[str, Any] = field(default_factory=dict)  # its options by name; checked, defaults filled in
     vocab: Path | None = None  # a vocabulary file; None: learn one from the calibration images
     vocab_size: int = 1000
-    threshold: float = 0.1  # inter: largest cosine distance at which a patch matches a word
-    keep: int | float = 0.75  # intra: a patch count or a fraction
-    space: str | None = None  # image | embed; None: the vocabulary's, else image
-    prop_attn: bool = False
-    grouping: str = "global"  # inter: global (the paper) or local (4-connected components)
-    r: int = 8  # tome: merges per block
     seed: int = 0  # k-means seed
+    spec: methods.Spec = field(init=False, repr=False, compare=False)  # mode + options: what the stages read
 
     def __post_init__(self) -> None:
-        _choice("mode", self.mode, MODES)
+        spec = methods.spec(self.mode, **self.options)
+        object.__setattr__(self, "spec", spec)
+        object.__setattr__(self, "options", spec.values)
         if self.vocab is not None:
             object.__setattr__(self, "vocab", Path(self.vocab))
         _positive("vocab_size", self.vocab_size)
-        if not (isinstance(self.threshold, (int, float)) and 0.0 <= self.threshold <= 2.0):
-            raise VWTError(f"threshold={self.threshold} is out of range: cosine distance lies in [0, 2]")
-        object.__setattr__(self, "threshold", float(self.threshold))
-        object.__setattr__(self, "keep", parse_keep(self.keep))
-        if self.space is not None:
-            _choice("space", self.space, SPACES)
-        _choice("grouping", self.grouping, GROUPINGS)
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 0:
-            raise VWTError(f"r={self.r!r}: give the merges per block as a whole number >= 0")
-        if self.grouping == "local" and self.mode != "inter":
-            raise VWTError(f"grouping='local' merges matched words, so it needs mode 'inter', not '{self.mode}'")
+
+    def __getattr__(self, name: str) -> Any:
+        """The method's options by name (cfg.compression.threshold)."""
+        return getattr(self.__dict__["spec"], name) if "spec" in self.__dict__ else super().__getattribute__(name)
+
+    @property
+    def method(self) -> methods.Method:
+        return methods.get(self.mode)
 
 
 @dataclass(frozen=True)
@@ -136,15 +113,13 @@ class Checks:
     enabled: bool = True  # compare with the uncompressed model, evaluate and time every variant
     batches: tuple[int, ...] = (1, 8)  # batch sizes timed
     reps: int = 10  # timed repetitions per variant and batch
-    sweep: Mapping[str, tuple] = field(default_factory=dict)  # {threshold|grouping|keep|r: values} (check/sweep.py)
+    sweep: Mapping[str, tuple] = field(default_factory=dict)  # {key: values}, keys: the methods' sweep keys
 
     def __post_init__(self) -> None:
-        from .check.sweep import parse
-
         object.__setattr__(self, "batches", parse_batches(self.batches))
         _positive("reps", self.reps)
         sweep = dict(self.sweep) if isinstance(self.sweep, Mapping) else self.sweep
-        object.__setattr__(self, "sweep", MappingProxyType(parse(sweep) if sweep else {}))
+        object.__setattr__(self, "sweep", MappingProxyType(methods.parse_sweep(sweep) if sweep else {}))
 
 
 @dataclass(frozen=True)
@@ -182,8 +157,8 @@ class ExportConfig:
         out = Path(self.out) if self.out is not None else Path("vwt-out") / f"{self.model.name}-{self.compression.mode}"
         object.__setattr__(self, "out", out)
         c, d = self.compression, self.data
-        if c.mode == "inter" and c.vocab is None and d.calib is None:
-            raise VWTError("inter mode needs a vocabulary: pass --vocab FILE or --calib DIR to learn one (or --demo)")
+        if c.method.needs_vocabulary and c.vocab is None and d.calib is None:
+            raise VWTError(f"{c.mode} mode needs a vocabulary: pass --vocab FILE or --calib DIR to learn one (or --demo)")
         if self.checks.enabled and d.check_folder is None:
             raise VWTError("the checks need images: pass --val DIR or --calib DIR (or --skip-checks)")
         if self.engines.triton and not self.engines.onnx:
@@ -191,42 +166,43 @@ class ExportConfig:
         if self.checks.sweep and not (self.checks.enabled and self.engines.onnx):
             raise VWTError("--sweep measures ONNX graphs on the check images: drop --skip-checks / --skip-export")
         if self.needs_vocabulary and c.vocab is None and d.calib is None:
-            raise VWTError("sweeping threshold or grouping needs a vocabulary: pass --vocab FILE or --calib DIR")
+            keys = [k for m in methods.swept(self.checks.sweep) if m.needs_vocabulary for k in m.sweep_keys]
+            raise VWTError(f"sweeping {' or '.join(keys)} needs a vocabulary: pass --vocab FILE or --calib DIR")
         if self.command is None:
             object.__setattr__(self, "command", f"vwt_export.export({self!r})")
 
     @property
     def method(self) -> str:
-        """The compressed variants' method: vwt (intra, inter), tome, or "" (mode none: no compressed variant)."""
-        return {"none": "", "tome": "tome"}.get(self.compression.mode, "vwt")
+        """The compressed variants' name in files and rows (vwt, tome), or "" (mode none: no compressed variant)."""
+        return self.compression.method.variant
 
     @property
     def needs_vocabulary(self) -> bool:
-        return self.compression.mode == "inter" or bool({"threshold", "grouping"} & set(self.checks.sweep))
+        return any(m.needs_vocabulary for m in (self.compression.method, *methods.swept(self.checks.sweep)))
 
     @classmethod
     def from_options(cls, model: str, *, mode: str = "inter", weights: str = "pretrained",
                      model_args: Mapping[str, Any] | None = None, calib=None, val=None, vocab=None,
-                     vocab_size: int = 1000, threshold: float = 0.1, keep: int | float | str = 0.75,
-                     space: str | None = None, prop_attn: bool = False, grouping: str = "global", r: int = 8,
-                     out=None,
+                     vocab_size: int = 1000, out=None,
                      skip_checks: bool = False, skip_export: bool = False, skip_int8: bool = False,
                      backend: str = "ort", trt_target: str | None = None, batches=(1, 8), reps: int = 10,
                      batch_size: int = 32, max_images: int | None = None, seed: int = 0, device: str = "cpu",
                      sweep=(), int8_attention: bool = False, int8_calibration: str = "minmax", triton: bool = False,
-                     progress: bool = True, command: str | None = None) -> "ExportConfig":
-        """The configuration from the command line's options, by their flag names."""
+                     progress: bool = True, command: str | None = None, **method_options: Any) -> "ExportConfig":
+        """The configuration from the command line's options, by their flag names; `method_options` are the
+        compression methods' (threshold=0.2, keep=0.5, grouping="local", r=13, prop_attn=True, ...)."""
         if command is None:
-            given = {k: v for k, v in locals().items() if k not in ("cls", "model", "command")}
+            given = {k: v for k, v in locals().items() if k not in ("cls", "model", "command", "method_options")}
+            given.update(method_options)
             defaults = {p.name: p.default for p in _OPTION_DEFAULTS}
+            defaults.update((k, o.default) for k, o in methods.all_options().items())
             changed = {k: v for k, v in given.items() if v != defaults.get(k)}
             args = ", ".join([repr(model)] + [f"{k}={_plain(v)!r}" for k, v in changed.items()])
             command = f"vwt_export.export({args})"
         return cls(
             model=ModelSpec(model, weights, model_args or {}),
             data=Data(calib=calib, val=val, max_images=max_images, batch_size=batch_size),
-            compression=Compression(mode=mode, vocab=vocab, vocab_size=vocab_size, threshold=threshold, keep=keep,
-                                    space=space, prop_attn=prop_attn, grouping=grouping, r=r, seed=seed),
+            compression=Compression(mode=mode, options=method_options, vocab=vocab, vocab_size=vocab_size, seed=seed),
             checks=Checks(enabled=not skip_checks, batches=batches, reps=reps, sweep=sweep),
             engines=Engines(onnx=not skip_export, int8=not skip_int8, backend=backend, trt_target=trt_target,
                             int8_attention=int8_attention, int8_calibration=int8_calibration, triton=triton),
@@ -252,5 +228,4 @@ def _option_defaults():
 
 _OPTION_DEFAULTS = _option_defaults()
 
-__all__ = ["BACKENDS", "Checks", "Compression", "Data", "Engines", "ExportConfig", "GROUPINGS", "ModelSpec",
-           "parse_batches", "parse_keep"]
+__all__ = ["BACKENDS", "Checks", "Compression", "Data", "Engines", "ExportConfig", "ModelSpec", "parse_batches"]

@@ -256,12 +256,15 @@ def write_demo_images(folder: str | Path, count: int = 32, size: int = 256, seed
     if size < 16 or count < 0:
         raise VWTError(f"demo scenes need size >= 16 and count >= 0, got size={size}, count={count}")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        path = folder / f"scene_{i:03d}.png"
-        if path.exists():
-            continue
-        scene = draw_scene(np.random.default_rng([seed, i]), size, scene_busyness(seed, i))
-        with atomic_path(path) as tmp:  # a hidden .tmp name, so an interrupted run leaves no half image to list
-            scene.save(tmp, format="PNG", compress_level=1)  # fast; noisy scenes barely compress anyway
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            path = folder / f"scene_{i:03d}.png"
+            if path.exists():
+                continue
+            scene = draw_scene(np.random.default_rng([seed, i]), size, scene_busyness(seed, i))
+            with atomic_path(path) as tmp:  # a hidden .tmp name, so an interrupted run leaves no half image to list
+                scene.save(tmp, format="PNG", compress_level=1)  # fast; noisy scenes barely compress anyway
+    except OSError as e:
+        raise VWTError(f"{folder}: cannot write the demo scenes there ({e.strerror or e}); pass a writable --out") from None
     return folder

@@ -8,10 +8,11 @@ front of `embeddings.` (`vit.`, `deit.`, `dinov2.`, a wrapper's `backbone.`) is 
 
 What has no timm counterpart is dropped and said so: DINOv2's `mask_token` (masked pre-training only) and
 ViT's `pooler` (a tanh projection of the class token that transformers' own classifiers do not use). The
-position embedding is resampled to the model's grid with timm's `resample_abs_pos_embed`, bicubic WITHOUT
-antialiasing: that is what transformers does at run time (`interpolate_pos_encoding`), so a timm model built
-for 224 px computes what the transformers model computes on 224-px input (timm's own default, antialiasing
-on, differs on downsampled grids; scripts/real_weights.py measures by how much).
+position embedding is resampled to the model's grid with timm's `resample_abs_pos_embed`, bicubic, with
+antialiasing exactly where transformers uses it at run time (`interpolate_pos_encoding`: DINOv2 with
+registers yes; ViT, DeiT, DINOv2 no), so a timm model built for 224 px computes what the transformers model
+computes on 224-px input. timm's own default (antialiasing always on) differs on downsampled grids:
+scripts/real_weights.py measures by how much.
 """
 
 from __future__ import annotations
@@ -23,26 +24,44 @@ import torch
 
 from .errors import VWTError
 
-# Per-block names: transformers' suffix -> timm's, for both families; q/k/v are handled separately.
+# Per-block names: transformers' suffix -> timm's. Files (save_pretrained, the Hub) hold transformers 4's names
+# (`encoder.layer.N.attention.attention.query`); transformers 5's modules hold others in memory
+# (`layers.N.attention.q_proj`, `mlp.gate_proj`), which a torch.save of their state dict writes: both are read.
 _BLOCK = {
     "vit": {
         "layernorm_before": "norm1",
         "layernorm_after": "norm2",
         "attention.output.dense": "attn.proj",
+        "attention.o_proj": "attn.proj",
         "intermediate.dense": "mlp.fc1",
         "output.dense": "mlp.fc2",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
     },
     "dinov2": {
         "norm1": "norm1",
         "norm2": "norm2",
         "attention.output.dense": "attn.proj",
+        "attention.o_proj": "attn.proj",
         "mlp.fc1": "mlp.fc1",
         "mlp.fc2": "mlp.fc2",
-        "mlp.weights_in": "mlp.fc1",  # SwiGLU (giant): packed [gate, value] as timm's SwiGLUPacked reads them
+        "mlp.weights_in": "mlp.fc1",  # SwiGLU (giant): packed [gate, up], as timm's SwiGLUPacked reads them
         "mlp.weights_out": "mlp.fc2",
+        "mlp.down_proj": "mlp.fc2",
         "layer_scale1.lambda1": "ls1.gamma",
         "layer_scale2.lambda1": "ls2.gamma",
     },
+}
+# Separate projections timm holds as one: suffix -> (timm name, slot in the concatenation, slots).
+_PARTS = {
+    "attention.attention.query": ("attn.qkv", 0, 3),
+    "attention.attention.key": ("attn.qkv", 1, 3),
+    "attention.attention.value": ("attn.qkv", 2, 3),
+    "attention.q_proj": ("attn.qkv", 0, 3),
+    "attention.k_proj": ("attn.qkv", 1, 3),
+    "attention.v_proj": ("attn.qkv", 2, 3),
+    "mlp.gate_proj": ("mlp.fc1", 0, 2),
+    "mlp.up_proj": ("mlp.fc1", 1, 2),
 }
 _TOP = {
     "embeddings.cls_token": "cls_token",
@@ -56,7 +75,7 @@ _TOP = {
 _HEADS = {"classifier": "head", "cls_classifier": "head", "distillation_classifier": "head_dist"}
 _DROPPED = ("embeddings.mask_token", "pooler.dense.weight", "pooler.dense.bias")
 _ANCHOR = "embeddings.patch_embeddings.projection.weight"
-_QKV = ("query", "key", "value")
+_LAYER = re.compile(r"(?:encoder\.layer|layers)\.(\d+)\.(.+?)(\.weight|\.bias)?")
 
 
 def naming(sd: dict[str, torch.Tensor]) -> str:
@@ -76,7 +95,7 @@ def _prefix(sd: dict) -> str | None:
 
 
 def _family(sd: dict, prefix: str) -> str:
-    return "dinov2" if f"{prefix}encoder.layer.0.norm1.weight" in sd else "vit"
+    return "dinov2" if any(f"{prefix}{layers}.0.norm1.weight" in sd for layers in ("encoder.layer", "layers")) else "vit"
 
 
 def to_timm(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -88,30 +107,30 @@ def to_timm(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> tuple[dict[s
     block = _BLOCK[_family(sd, prefix)]
     out: dict[str, torch.Tensor] = {}
     notes: list[str] = []
-    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    parts: dict[str, list] = {}
     for key, value in sd.items():
         head = re.fullmatch(r"(\w+)\.(weight|bias)", key)
         name = key[len(prefix):] if key.startswith(prefix) else None
+        m = _LAYER.fullmatch(name or "")
         if head and head.group(1) in _HEADS:
             out[f"{_HEADS[head.group(1)]}.{head.group(2)}"] = value
-        elif name is None:
-            raise VWTError(f"unexpected transformers parameter '{key}' (no timm counterpart known)")
         elif name in _DROPPED:
             notes.append(f"dropped {name} (no timm counterpart; unused at inference)")
         elif name in _TOP:
             out[_TOP[name]] = value
         elif name in ("embeddings.position_embeddings", "embeddings.register_tokens"):
             pass  # below: they depend on the model's prefix-token layout
-        elif m := re.fullmatch(r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.(weight|bias)", name):
-            qkv.setdefault((int(m.group(1)), m.group(3)), {})[m.group(2)] = value
-        elif (m := re.fullmatch(r"encoder\.layer\.(\d+)\.(.+?)(\.weight|\.bias)?", name)) and m.group(2) in block:
+        elif m and m.group(2) in _PARTS:
+            target, slot, slots = _PARTS[m.group(2)]
+            parts.setdefault(f"blocks.{m.group(1)}.{target}{m.group(3) or ''}", [None] * slots)[slot] = value
+        elif m and m.group(2) in block:
             out[f"blocks.{m.group(1)}.{block[m.group(2)]}{m.group(3) or ''}"] = value
         else:
             raise VWTError(f"unexpected transformers parameter '{key}' (no timm counterpart known)")
-    for (layer, kind), parts in sorted(qkv.items()):
-        if set(parts) != set(_QKV):
-            raise VWTError(f"layer {layer}: attention {kind} lacks {sorted(set(_QKV) - set(parts))}")
-        out[f"blocks.{layer}.attn.qkv.{kind}"] = torch.cat([parts[p] for p in _QKV], dim=0)
+    for target, pieces in parts.items():
+        if any(p is None for p in pieces):
+            raise VWTError(f"{target}: {sum(p is None for p in pieces)} of its {len(pieces)} projections are missing")
+        out[target] = torch.cat(pieces, dim=0)
     out.update(_prefix_and_positions(sd, prefix, out, model, notes))
     if getattr(model, "num_classes", 1) == 0:
         heads = [k for k in out if k.startswith(("head.", "head_dist."))]
@@ -119,6 +138,10 @@ def to_timm(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> tuple[dict[s
             del out[k]
         if heads:
             notes.append("dropped the classifier head (the model is built with num_classes=0)")
+    elif "head.weight" in out and out["head.weight"].shape[-1] != model.embed_dim:
+        raise VWTError(f"the classifier reads {out['head.weight'].shape[-1]} features, timm's head {model.embed_dim} "
+                       "(Dinov2ForImageClassification reads the class token and the mean patch token together): "
+                       "load the backbone alone with num_classes=0")
     return out, notes
 
 
@@ -137,7 +160,8 @@ def _prefix_and_positions(sd: dict, prefix: str, out: dict, model: torch.nn.Modu
     result: dict[str, torch.Tensor] = {}
     if registers is not None:
         result["reg_token"] = registers
-    patch_pos = _resample(patch_pos, tuple(model.patch_embed.grid_size), notes)
+    # transformers resamples DINOv2-with-registers' grid with antialiasing, ViT's, DeiT's and DINOv2's without
+    patch_pos = _resample(patch_pos, tuple(model.patch_embed.grid_size), antialias=registers is not None, notes=notes)
     if getattr(model, "no_embed_class", False):
         for i, token in enumerate(positioned):
             result[token] = out[token] + prefix_pos[:, i : i + 1]
@@ -152,7 +176,7 @@ def _prefix_and_positions(sd: dict, prefix: str, out: dict, model: torch.nn.Modu
     return result
 
 
-def _resample(patch_pos: torch.Tensor, grid: tuple[int, int], notes: list[str]) -> torch.Tensor:
+def _resample(patch_pos: torch.Tensor, grid: tuple[int, int], antialias: bool, notes: list[str]) -> torch.Tensor:
     from timm.layers import resample_abs_pos_embed
 
     side = math.isqrt(patch_pos.shape[1])
@@ -160,7 +184,7 @@ def _resample(patch_pos: torch.Tensor, grid: tuple[int, int], notes: list[str]) 
         raise VWTError(f"position embedding for {patch_pos.shape[1]} patches: not a square grid")
     if (side, side) == grid:
         return patch_pos
-    notes.append(f"resampled the position embedding from {side}x{side} to {grid[0]}x{grid[1]} patches "
-                 "(bicubic, no antialiasing, as transformers interpolates at run time)")
+    notes.append(f"resampled the position embedding from {side}x{side} to {grid[0]}x{grid[1]} patches (bicubic, "
+                 f"{'with' if antialias else 'no'} antialiasing, as transformers interpolates this model at run time)")
     return resample_abs_pos_embed(patch_pos, new_size=list(grid), old_size=[side, side], num_prefix_tokens=0,
-                                  interpolation="bicubic", antialias=False)
+                                  interpolation="bicubic", antialias=antialias)

@@ -3,9 +3,10 @@
     ort_library()         libvwt_ort_ops.so, the ONNX Runtime custom-op library (always built)
     trt_plugin_library()  libvwt_trt_plugin.so, the TensorRT plugin (built where TensorRT headers exist)
 
-Both are found the same way: an environment variable naming the file, else the package's lib/ folder (where
-`make setup` installs them), else the development build in build/plugins/. A library whose version differs
-from this package's is refused: it would run ops with other semantics.
+Both are found the same way: an environment variable naming the file, else the package's lib/ folder (an
+installed wheel carries them there; in a checkout `make setup` or `pip install -e .` builds them there), else, in a
+checkout only, CMake's build folder build/plugins/. A library whose version differs from this package's is refused:
+it would run ops with other semantics.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class _Library:
 
 
 ORT = _Library("vwt ONNX Runtime op library", "libvwt_ort_ops.so", "VWT_ORT_LIBRARY", ".",
-               "build it with `make setup` (needs cmake and a C++ compiler), or set VWT_ORT_LIBRARY")
+               "build it with `make setup` in a checkout, or install vwt-export from its wheel (`pip install .` builds "
+               "one; both need cmake and a C++ compiler), or set VWT_ORT_LIBRARY")
 TRT = _Library("vwt TensorRT plugin library", "libvwt_trt_plugin.so", "VWT_TRT_PLUGIN", "tensorrt",
                "it is built only where TensorRT headers exist: set TENSORRT_ROOT (the folder holding include/NvInferRuntime.h) and run "
                "`make setup`; or build from model.vwt.portable.onnx, which needs no plugin")
@@ -42,7 +44,10 @@ def library_candidates(lib: _Library) -> list[Path]:
     env = os.environ.get(lib.env)
     if env:
         return [Path(env)]
-    return [_HERE / "lib" / lib.file, _HERE.parent / "build" / "plugins" / lib.build_dir / lib.file]
+    candidates = [_HERE / "lib" / lib.file]
+    if (_HERE.parent / "plugins" / "CMakeLists.txt").is_file():  # a checkout, not site-packages
+        candidates.append(_HERE.parent / "build" / "plugins" / lib.build_dir / lib.file)
+    return candidates
 
 
 def find_library(lib: _Library) -> Path:

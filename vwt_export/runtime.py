@@ -1,7 +1,7 @@
 """Production loading: one call for any artefact vwt-export writes.
 
     f = vwt_export.runtime.load("out/model.vwt.onnx")
-    logits = f(pixels)            # numpy float32 [B, 3, H, W] -> numpy [B, classes]
+    logits = f(pixels)            # numpy float32 [B, 3, H, W] -> numpy [B, classes]; f.infer(pixels) the same
 
     f = vwt_export.runtime.load("out/model.vwt.tokenize.onnx")   # length-aware (model.vwt.trunk.onnx beside it)
     logits = f(pixels)            # the same logits, in the input order, faster at batch > 1 on images of mixed length
@@ -37,17 +37,19 @@ weight streaming (one call per batch), but needs a different trunk graph: a [B, 
 every attention, and pooling per segment (the class token of each image). Not built; see the issue note.
 
 The stages are plain callables, so a TensorRT trunk engine (an optimisation profile over T) can replace the
-ONNX Runtime one: `length_aware(tokenize, trunk_engine_callable)`.
+ONNX Runtime one: `LengthAwareRunner(tokenize, trunk_engine_runner)`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from .backends.base import Runner
 from .errors import VWTError
 from .graph.ops import TOKENIZE_SUFFIX, TRUNK_SUFFIX  # the stage files' naming rule
 
@@ -59,26 +61,54 @@ Trunk = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def load(path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None,
-         call_overhead: float = CALL_OVERHEAD_TOKENS) -> Callable[[np.ndarray], np.ndarray]:
-    """A callable for a .onnx file (the vwt op library is registered automatically when the graph needs it), a
+         call_overhead: float = CALL_OVERHEAD_TOKENS) -> Runner:
+    """A runner for a .onnx file (the vwt op library is registered automatically when the graph needs it), a
     .engine file (its JSON sidecar is checked against the running TensorRT, GPU and plugin library first), or a
-    *.tokenize.onnx file: length-aware batching with the *.trunk.onnx beside it (see the module docstring)."""
+    *.tokenize.onnx file: length-aware batching with the *.trunk.onnx beside it (see the module docstring).
+    `runner(pixels)` returns the logits; every runner has the interface of backends/base.py."""
     path = Path(path)
-    if path.name.endswith(TOKENIZE_SUFFIX):
-        tokenize, trunk = ort_stages(path, providers, threads)
-        return length_aware(tokenize, trunk, call_overhead)
     if path.name.endswith(TRUNK_SUFFIX):
         raise VWTError(f"{path}: a trunk stage takes tokens, not pixels; load "
                        f"{path.name[: -len(TRUNK_SUFFIX)]}{TOKENIZE_SUFFIX} (length-aware batching) instead")
+    if path.suffix not in (".onnx", ".engine"):
+        raise VWTError(f"{path}: unknown model format (expected .onnx or .engine)")
+    if path.is_dir():
+        raise VWTError(f"{path}: a folder, not a model file")
+    if not path.is_file():
+        raise VWTError(f"{path}: no such model file")
+    warn_if_not_as_written(path)
+    # Files ONNX Runtime cannot load, and graphs it loads but vwt-export cannot call, are VWTError lines from the
+    # backends; anything else (a bug, memory, a provider) propagates as itself.
+    if path.name.endswith(TOKENIZE_SUFFIX):
+        tokenize, trunk = ort_stages(path, providers, threads)
+        return LengthAwareRunner(tokenize, trunk, call_overhead, name=str(path))
     if path.suffix == ".onnx":
-        from .backends.onnxruntime import runner
+        from .backends.onnxruntime import OrtRunner
 
-        return runner(path, providers, threads)
+        return OrtRunner(path, providers, threads)
+    from .backends.tensorrt import EngineRunner
+
+    return EngineRunner(path)
+
+
+def warn_if_not_as_written(path: str | os.PathLike) -> list[str]:
+    """Warn (logger vwt_export.runtime) where `path`, or a file loaded with it (the trunk beside a tokenize stage,
+    an engine's sidecar), differs from the vwt-export manifest of its output folder, or comes from a run that did
+    not complete (vwt_export.outdir.manifest_problems). Returns the warnings."""
+    import logging
+
+    from .outdir import manifest_problems
+
+    path = Path(path)
+    related = [path]
+    if path.name.endswith(TOKENIZE_SUFFIX):
+        related.append(trunk_path(path))
     if path.suffix == ".engine":
-        from .backends.tensorrt import load_engine
-
-        return load_engine(path)
-    raise VWTError(f"{path}: unknown model format (expected .onnx or .engine)")
+        related.append(Path(f"{path}.json"))
+    problems = manifest_problems(related)
+    for line in problems:
+        logging.getLogger(__name__).warning("%s", line)
+    return problems
 
 
 def trunk_path(tokenize_path: str | os.PathLike) -> Path:
@@ -103,6 +133,7 @@ def ort_stages(tokenize_path: str | os.PathLike, providers: Sequence[str] | None
                threads: int | None = None, spinning: bool = True) -> tuple[Tokenize, Trunk]:
     """ONNX Runtime runners for a tokenize file and the trunk file beside it. The tokenize session never spins
     (see stage_session); `spinning` is the trunk's."""
+    from .backends.onnxruntime import OrtRunner
     from .graph.stages import COUNTS, SIZES, TOKENS
 
     tokenize_path = Path(tokenize_path)
@@ -111,23 +142,11 @@ def ort_stages(tokenize_path: str | os.PathLike, providers: Sequence[str] | None
         if not p.is_file():
             raise VWTError(f"{p}: the {what} stage of {tokenize_path.name[: -len(TOKENIZE_SUFFIX)]}.onnx is missing; "
                            "write both stages with vwt_export.graph.stages.split_stages (vwt-export writes them)")
-    tok_session = stage_session(tokenize_path, providers, threads, spinning=False)
-    trunk_session = stage_session(trunk_file, providers, threads, spinning)
-    pixels_name = tok_session.get_inputs()[0].name
-    trunk_inputs = {i.name for i in trunk_session.get_inputs()}
-    if trunk_inputs != {TOKENS, SIZES}:
-        raise VWTError(f"{trunk_file}: not a trunk stage (inputs {sorted(trunk_inputs)}, expected {TOKENS}, {SIZES})")
-    logits_name = trunk_session.get_outputs()[0].name
-
-    def tokenize(pixels: np.ndarray):
-        merged, sizes, counts = tok_session.run([TOKENS, SIZES, COUNTS], {pixels_name: pixels})
-        return merged, sizes, counts
-
-    def trunk(tokens: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-        return trunk_session.run([logits_name], {TOKENS: tokens, SIZES: sizes})[0]
-
-    tokenize.session, trunk.session = tok_session, trunk_session  # type: ignore[attr-defined]
-    return tokenize, trunk
+    tokenize = OrtRunner(tokenize_path, providers, threads, spinning=False)
+    trunk = OrtRunner(trunk_file, providers, threads, spinning=spinning)
+    if trunk.inputs != [TOKENS, SIZES]:
+        raise VWTError(f"{trunk_file}: not a trunk stage (inputs {trunk.inputs}, expected {TOKENS}, {SIZES})")
+    return functools.partial(tokenize.run, outputs=(TOKENS, SIZES, COUNTS)), trunk
 
 
 def plan_batches(counts: np.ndarray, call_overhead: float = CALL_OVERHEAD_TOKENS) -> list[np.ndarray]:
@@ -152,35 +171,50 @@ def plan_batches(counts: np.ndarray, call_overhead: float = CALL_OVERHEAD_TOKENS
     return groups[::-1]
 
 
-def length_aware(tokenize: Tokenize, trunk: Trunk,
-                 call_overhead: float = CALL_OVERHEAD_TOKENS) -> Callable[[np.ndarray], np.ndarray]:
-    """f(pixels [B, C, H, W]) -> logits [B, ...] in the input order: tokenize once, run the trunk per sub-batch of
-    similar length (plan_batches), each sliced to its longest count. f.plan(pixels) returns the sub-batches."""
-    if call_overhead < 0:
-        raise VWTError(f"call_overhead must be >= 0 (image-tokens), got {call_overhead}")
+class LengthAwareRunner(Runner):
+    """runner(pixels [B, C, H, W]) -> logits [B, ...] in the input order: tokenize once, run the trunk per
+    sub-batch of similar length (plan_batches), each sliced to its longest count. The stages are any callables
+    (ONNX Runtime runners, a TensorRT trunk engine); `plan(pixels)` returns the sub-batches."""
 
-    def run(pixels: np.ndarray) -> np.ndarray:
+    kind = "length-aware"
+
+    def __init__(self, tokenize: Tokenize, trunk: Trunk, call_overhead: float = CALL_OVERHEAD_TOKENS,
+                 name: str = "stages"):
+        if call_overhead < 0:
+            raise VWTError(f"call_overhead must be >= 0 (image-tokens), got {call_overhead}")
+        super().__init__(name)
+        self.tokenize, self.trunk, self.call_overhead = tokenize, trunk, call_overhead
+
+    def infer(self, pixels: np.ndarray) -> np.ndarray:
+        return self.infer_tokens(pixels)[0]
+
+    def infer_tokens(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
         if pixels.ndim != 4:
             raise VWTError(f"expected pixels [B, C, H, W], got shape {list(pixels.shape)}")
-        merged, sizes, counts = tokenize(pixels)
-        groups = plan_batches(counts, call_overhead)
+        merged, sizes, counts = self.tokenize(pixels)
+        groups = plan_batches(counts, self.call_overhead)
         if len(groups) <= 1:  # one sub-batch (batch 1, an empty batch, equal counts): no gather needed
             longest = int(counts.max()) if len(counts) else merged.shape[1]
             if longest == merged.shape[1]:
-                return trunk(merged, sizes)
+                return self.trunk(merged, sizes), counts
         out = None
         for idx in groups:
             longest = int(counts[idx].max())
-            part = trunk(np.ascontiguousarray(merged[idx, :longest]), np.ascontiguousarray(sizes[idx, :longest]))
+            part = self.trunk(np.ascontiguousarray(merged[idx, :longest]), np.ascontiguousarray(sizes[idx, :longest]))
             if out is None:
                 out = np.empty((len(counts), *part.shape[1:]), dtype=part.dtype)
             out[idx] = part
-        return out
+        return out, counts
 
-    def plan(pixels: np.ndarray) -> list[np.ndarray]:
-        return plan_batches(tokenize(np.ascontiguousarray(pixels, dtype=np.float32))[2], call_overhead)
+    def plan(self, pixels: np.ndarray) -> list[np.ndarray]:
+        return plan_batches(self.tokenize(np.ascontiguousarray(pixels, dtype=np.float32))[2], self.call_overhead)
 
-    run.plan = plan  # type: ignore[attr-defined]
-    run.call_overhead = call_overhead  # type: ignore[attr-defined]
-    return run
+    @property
+    def metadata(self) -> dict:
+        return {**super().metadata, "call_overhead": self.call_overhead}
+
+
+def length_aware(tokenize: Tokenize, trunk: Trunk, call_overhead: float = CALL_OVERHEAD_TOKENS) -> LengthAwareRunner:
+    """A LengthAwareRunner over any two stage callables."""
+    return LengthAwareRunner(tokenize, trunk, call_overhead)

@@ -154,6 +154,7 @@ def _merge_nodes(path) -> int:
 
 @pytest.mark.parametrize("name", ["model.onnx", "model.vwt.portable.onnx", "model.fp16.onnx", "model.vwt.fp16.portable.onnx",
                                   "model.int8.onnx", "model.vwt.int8.portable.onnx"])
+@pytest.mark.slow
 def test_tensorrt_rtx_parses_and_builds_the_exported_graphs(graphs, name, tmp_path):
     assert vtrt.graph_precision(graphs[name]) == _precision(name)
     engine = tmp_path / (name.replace(".onnx", "") + ".engine")
@@ -172,6 +173,7 @@ def test_tensorrt_rtx_parses_and_builds_the_exported_graphs(graphs, name, tmp_pa
 
 @pytest.mark.parametrize("target", ["SM80", "SM89"])
 @pytest.mark.parametrize("name", ["model.vwt.onnx", "model.vwt.fp16.onnx", "model.vwt.int8.onnx"])
+@pytest.mark.slow
 def test_tensorrt_rtx_builds_the_plugin_graphs(graphs, name, target, tmp_path, trt_plugin):
     """model.vwt.onnx (vwt::TokenMerge as a node, no function body) through TensorRT-RTX's own ONNX parser with the
     plugin, strongly typed FP32 / FP16 / INT8 engines for SM80 and SM89 (TensorRT-RTX builds SM75-SM89 and SM120,
@@ -186,6 +188,7 @@ def test_tensorrt_rtx_builds_the_plugin_graphs(graphs, name, target, tmp_path, t
     assert plugin_layers(engine) == 1
 
 
+@pytest.mark.slow
 def test_tensorrt_rtx_builds_local_grouping_and_the_op_alone(graphs, tmp_path, trt_plugin):
     """grid_w > 0 (local grouping) and the single-op graph (float32 and float16 tokens): the plugin's two inputs
     and three outputs match the ONNX node's, and its length output is the size tensor."""
@@ -205,6 +208,7 @@ def test_tensorrt_rtx_builds_local_grouping_and_the_op_alone(graphs, tmp_path, t
         assert plugin_layers(engine) == 1
 
 
+@pytest.mark.slow
 def test_build_checks_the_rtx_link_before_parsing(graphs, tmp_path, monkeypatch, trt_plugin):
     """Without the link the process would die inside the parser; build_engine raises the clear error first."""
     monkeypatch.setattr(vtrt, "rtx_library_dirs", lambda: [tmp_path])
@@ -222,6 +226,7 @@ def test_a_v1_graph_is_refused_before_parsing(tmp_path):
         vtrt.build_engine(path, tmp_path / "x.engine", vtrt.BuildSettings(compute_capability="SM89"))
 
 
+@pytest.mark.slow
 def test_loading_the_plugin_twice_logs_no_error(trt_plugin):
     """In a fresh process (the registry is process-wide): load_plugin twice logs no TensorRT error, while
     TensorRT's own load_library twice does (the control: the test can see the error it guards against)."""
@@ -249,18 +254,21 @@ def test_loading_the_plugin_twice_logs_no_error(trt_plugin):
     assert "guarded 0" in out.stdout and "unguarded 0" not in out.stdout, out.stdout
 
 
+@pytest.mark.slow
 def test_custom_op_graph_without_the_plugin_is_a_clear_error(graphs, tmp_path, monkeypatch):
     monkeypatch.setenv("VWT_TRT_PLUGIN", str(tmp_path / "missing.so"))
     with pytest.raises(vx.VWTError, match="TensorRT plugin library was not found.*TENSORRT_ROOT"):
         vtrt.build_engine(graphs["model.vwt.onnx"], tmp_path / "x.engine", vtrt.BuildSettings(compute_capability="SM89"))
 
 
+@pytest.mark.slow
 def test_an_unsupported_target_is_refused(graphs, tmp_path):
     """TensorRT-RTX builds SM75-SM89 and SM120, not SM90 (Hopper is TensorRT proper's)."""
     with pytest.raises(vx.VWTError, match="cannot build for SM90 \\(it builds for SM75, SM80, SM86, SM89, SM120"):
         vtrt.build_engine(graphs["model.onnx"], tmp_path / "x.engine", vtrt.BuildSettings(compute_capability="SM90"))
 
 
+@pytest.mark.slow
 def test_an_engine_takes_its_graphs_precision(graphs, tmp_path):
     """Strongly typed: asking for FP16 from the FP32 graph is refused, naming the graph to use instead."""
     with pytest.raises(vx.VWTError, match="is an FP32 graph.*not FP16.*model.fp16.onnx"):

@@ -13,6 +13,8 @@ from vwt_export.check import report as rep
 from vwt_export.cli import main
 from vwt_export.demo import write_demo_images
 
+pytestmark = pytest.mark.slow  # every test reads one whole CLI run: left out of make test-fast
+
 TINY = ["vit_tiny_patch16_224", "--model-arg", "img_size=64", "--model-arg", "depth=1", "--model-arg", "num_classes=10"]
 
 

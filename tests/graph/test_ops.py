@@ -1,6 +1,8 @@
 """vwt::TokenMerge (op version 2) in its CPU forms: the C++ op library and the portable function body, each
 against the torch spec (vwt_export.vwt.merge.token_merge), and a hand-worked case against neither."""
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -168,3 +170,18 @@ def test_library_lookup_is_one_function(tmp_path, monkeypatch, op_library):
         plugins.ort_library()
     monkeypatch.delenv("VWT_ORT_LIBRARY")
     assert plugins.ort_library() == op_library
+
+
+def test_library_lookup_order_in_a_wheel_and_in_a_checkout(tmp_path, monkeypatch):
+    """Installed (no plugins/ beside the package): only the package's lib/. In a checkout: lib/, then CMake's
+    build folder. The environment variable, when set, is the only candidate."""
+    monkeypatch.delenv("VWT_ORT_LIBRARY", raising=False)
+    site = tmp_path / "site-packages" / "vwt_export"
+    monkeypatch.setattr(plugins, "_HERE", site)
+    assert plugins.library_candidates(plugins.ORT) == [site / "lib" / "libvwt_ort_ops.so"]
+    (tmp_path / "site-packages" / "plugins").mkdir(parents=True)
+    (tmp_path / "site-packages" / "plugins" / "CMakeLists.txt").write_text("")
+    assert plugins.library_candidates(plugins.TRT) == [
+        site / "lib" / "libvwt_trt_plugin.so", tmp_path / "site-packages" / "build" / "plugins" / "tensorrt" / "libvwt_trt_plugin.so"]
+    monkeypatch.setenv("VWT_ORT_LIBRARY", "/elsewhere/lib.so")
+    assert plugins.library_candidates(plugins.ORT) == [Path("/elsewhere/lib.so")]

@@ -2,7 +2,12 @@
 files each model needs in its version folder, and clear errors for a folder with nothing to serve."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vwt_export.errors import VWTError
@@ -31,9 +36,10 @@ def test_models_and_files(repo, export_dir, op_library):
     for name, src in (("baseline_ort", "model.onnx"), ("vwt_ort", "model.vwt.onnx"),
                       ("vwt_portable_ort", "model.vwt.portable.onnx")):
         assert (repo / name / "1" / "model.onnx").read_bytes() == (export_dir / src).read_bytes()
-    # only the custom-op graph names the op library, and the copy it names is that library
+    # only the custom-op graph names the op library: the repository's own copy, by absolute path
     lib = cs["vwt_ort"]["model_operations"]["op_library_filename"]
-    assert len(lib) == 1 and open(lib[0], "rb").read() == op_library.read_bytes()
+    assert lib == [str((repo / "lib" / op_library.name).resolve())] and os.path.isabs(lib[0])
+    assert open(lib[0], "rb").read() == op_library.read_bytes()
     assert "model_operations" not in cs["vwt_portable_ort"] and "model_operations" not in cs["baseline_ort"]
     for c in cs.values():
         assert c["input"][0]["dims"] == [3, 64, 64] and c["output"][0]["dims"] == [10]
@@ -100,3 +106,34 @@ def test_a_foreign_folder_is_never_overwritten(export_dir, tmp_path):
     with pytest.raises(VWTError, match="not a repository written by vwt-export"):
         write_repository(export_dir, files=[export_dir / "model.onnx"], triton_dir=tmp_path / "t")
     assert (tmp_path / "t" / "precious.txt").read_text() == "keep"
+
+
+def test_op_library_path_works_from_any_working_directory(export_dir, tmp_path, monkeypatch, op_library):
+    """A repository written through a relative path still names the library absolutely, and the README names the
+    same file. What Triton's onnxruntime backend does with the config (RegisterCustomOpsLibrary on the string, then a
+    session on MODEL/1/model.onnx) runs from an unrelated working directory and gives the graph's own outputs."""
+    monkeypatch.chdir(tmp_path)
+    root = write_repository(export_dir, files=[export_dir / "model.vwt.onnx"], triton_dir=Path("rel") / "triton")
+    assert not root.is_absolute()
+    config = configs(root)["vwt_ort"]
+    (lib,) = config["model_operations"]["op_library_filename"]
+    assert lib == str((tmp_path / "rel" / "triton" / "lib" / op_library.name).resolve())
+    readme = (root / "README.md").read_text()
+    assert f"by absolute path, {lib}" in readme and f"vwt-export serve {(tmp_path / 'rel' / 'triton').resolve()}" in readme
+    assert "pip install 'vwt-export[serving]'\n" not in readme  # not given as the install line (it downgrades numpy)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    probe = ("import sys, numpy as np, onnxruntime as ort\n"
+             "so = ort.SessionOptions(); so.register_custom_ops_library(sys.argv[1])\n"
+             "s = ort.InferenceSession(sys.argv[2], so, providers=['CPUExecutionProvider'])\n"
+             "np.save(sys.argv[4], s.run(None, {s.get_inputs()[0].name: np.load(sys.argv[3])})[0])\n")
+    model_file = (root / "vwt_ort" / "1" / "model.onnx").resolve()
+    env = {k: v for k, v in os.environ.items() if k != "VWT_ORT_LIBRARY"}
+    subprocess.run([sys.executable, "-c", probe, lib, str(model_file), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                   cwd=elsewhere, env=env, check=True)
+    from vwt_export import runtime
+
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), runtime.load(export_dir / "model.vwt.onnx")(x),
+                               rtol=1e-5, atol=1e-6)

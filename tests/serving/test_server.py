@@ -23,6 +23,8 @@ from vwt_export.serving import server as srv
 
 from .conftest import mixed_images
 
+pytestmark = pytest.mark.slow  # a Triton server per module: left out of make test-fast
+
 try:
     srv.find_triton()
     import tritonclient.grpc as grpcclient

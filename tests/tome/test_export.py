@@ -4,20 +4,23 @@ import numpy as np
 import pytest
 import torch
 
-from vwt_export.backends.onnxruntime import needs_op_library, runner
+from vwt_export.backends.onnxruntime import OrtRunner, needs_op_library
+from vwt_export.check.verify import verify_graph
 from vwt_export.errors import VWTError
-from vwt_export.graph.tome_export import check_against_torch, export_tome, read_schedule
+from vwt_export.graph.tome_export import export_tome, read_schedule
 from vwt_export.tome import compress_tome
 from vwt_export.vwt import NEAR_TIE_EPS
 
 R = 4
 
 
-@pytest.fixture(scope="module", params=["registers", "avg"])
+# ToMe's export takes tens of seconds per shape: both in the full tier (make test), neither in make test-fast
+@pytest.fixture(scope="module", params=[pytest.param("registers", marks=pytest.mark.slow),
+                                        pytest.param("avg", marks=pytest.mark.slow)])
 def exported(request, tome_models):
     """(ToMeViT, its ONNX graph): three prefix tokens (class + 2 registers) or none with size-weighted pooling."""
     tmodel = compress_tome(tome_models[request.param], R)
-    return tmodel, export_tome(tmodel, check=False)  # the tests below do the checking
+    return tmodel, export_tome(tmodel)  # the tests below do the checking
 
 
 def test_graph_has_only_standard_ops(exported):
@@ -37,7 +40,7 @@ def test_graph_equals_torch(exported, pixels_for, batch):
     assert (tmodel.decision_margins(x) >= NEAR_TIE_EPS).all()  # no near-ties: ONNX Runtime must decide the same
     with torch.no_grad():
         expected = tmodel(x).numpy()
-    actual = runner(proto)(x.numpy())
+    actual = OrtRunner(proto)(x.numpy())
     assert actual.shape == expected.shape == (batch, 10)
     assert np.abs(actual - expected).max() <= 1e-4 * np.abs(expected).max()
 
@@ -45,11 +48,11 @@ def test_graph_equals_torch(exported, pixels_for, batch):
 def test_export_check_compares_and_can_fail(exported, pixels_for):
     tmodel, proto = exported
     x = pixels_for(tmodel.model)
-    result = check_against_torch(proto, tmodel, x)
-    assert result["compared"] == len(x) and result["near_ties"] == 0 and result["max_rel_err"] < 1e-4
+    result = verify_graph(proto, tmodel, x)  # the run's check (the export itself runs no backend)
+    assert result.images_with_near_ties == 0 and result.max_rel_err < 1e-4
     other = compress_tome(tmodel.model, R - 1)  # same output shape, other merges: the check must refuse it
     with pytest.raises(VWTError, match="differs from torch"):
-        check_against_torch(proto, other, x)
+        verify_graph(proto, other, x)
 
 
 def test_graph_shapes_follow_the_token_schedule(exported):
@@ -81,5 +84,5 @@ def test_int8_quantizes_and_runs(exported, pixels_for):
     int8 = quantize_int8(proto, [x[:3], x[3:]])
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
     assert read_schedule(int8) == read_schedule(proto)
-    out = runner(int8)(x[:2])
+    out = OrtRunner(int8)(x[:2])
     assert out.shape == (2, 10) and np.isfinite(out).all()

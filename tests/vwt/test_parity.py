@@ -95,6 +95,7 @@ def test_proportional_attention_matches_reference(tiny_models, vocabs, key):
         close(ours[i : i + 1], expected)
 
 
+@pytest.mark.slow
 def test_deit_s_full_size_batch_16_matches_reference():
     model = vx.load_model("deit_s", weights="random")
     x = blocky_images(16, 224, cells=14, seed=7)
@@ -139,7 +140,8 @@ def test_single_patch_image(mode):
     model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=16, depth=1, num_classes=5)
     x = torch.randn(3, 3, 16, 16)
     vocab = vx.Vocabulary(torch.randn(4, 768), patch_size=16)
-    cmodel = vx.compress(model, mode, vocab=vocab, threshold=2.0, keep=1.0)
+    options = {"inter": {"threshold": 2.0}, "intra": {"keep": 1.0}}[mode]  # another mode's option is an error
+    cmodel = vx.compress(model, mode, vocab=vocab, **options)
     close(cmodel(x), model(x))  # one patch: its group mean is itself
     assert cmodel.last_token_counts.tolist() == [2, 2, 2]
 

@@ -1,8 +1,9 @@
 """ONNX Runtime sessions for vwt-export models: the one place that registers the vwt op library.
 
     session = create_session("OUT/model.vwt.onnx")                 # the library is registered if the graph needs it
-    f = runner("OUT/model.vwt.onnx", extra_outputs={"vwt/keys": onnx.TensorProto.INT64})
-    logits = f(pixels); logits, keys = f.with_extras(pixels)
+    f = OrtRunner("OUT/model.vwt.onnx", extra_outputs={"vwt/keys": onnx.TensorProto.INT64})
+    logits = f(pixels); logits, extras = f.infer_extras(pixels); extras["vwt/keys"]
+    logits, tokens = OrtRunner("OUT/model.vwt.onnx", count_tokens=True).infer_tokens(pixels)   # tokens per image
 
 With `profile=True` the session records every kernel's time; `kernel_times(session)` reads it back per run.
 """
@@ -14,7 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -22,6 +23,7 @@ import onnx
 from ..errors import VWTError
 from ..graph import ops
 from ..plugins import ort_library
+from .base import Runner
 
 
 def needs_op_library(model: onnx.ModelProto) -> bool:
@@ -111,23 +113,80 @@ def create_session(model: str | os.PathLike | onnx.ModelProto, providers: Sequen
         raise VWTError(f"{name}: onnxruntime cannot load it ({type(e).__name__}: {first})") from None
 
 
-def runner(model: str | os.PathLike | onnx.ModelProto, providers: Sequence[str] | None = None,
-           threads: int | None = None, extra_outputs: Mapping[str, int] | None = None) -> Callable:
-    """f(pixels float32 [B, C, H, W]) -> the first output as a numpy array. With `extra_outputs`, the same
-    session also serves f.with_extras(pixels) -> (first output, *those tensors)."""
-    session = create_session(model, providers, threads, extra_outputs=extra_outputs)
-    name = session.get_inputs()[0].name
-    first = session.get_outputs()[0].name
+def first_input_output(session, model: str | os.PathLike | onnx.ModelProto) -> tuple[str, str]:
+    """The names of a session's first input and output; one line for a graph without either (runnable in ONNX
+    Runtime, but nothing vwt-export can call)."""
+    for kind, values in (("input", session.get_inputs()), ("output", session.get_outputs())):
+        if not values:
+            name = str(model) if not isinstance(model, onnx.ModelProto) else "model"
+            raise VWTError(f"{name}: cannot be run as a vwt-export model (it has no {kind}); export it with vwt-export")
+    return session.get_inputs()[0].name, session.get_outputs()[0].name
 
-    def run(pixels: np.ndarray) -> np.ndarray:
-        return session.run([first], {name: np.ascontiguousarray(pixels, dtype=np.float32)})[0]
 
-    def with_extras(pixels: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(session.run([first, *(extra_outputs or {})], {name: np.ascontiguousarray(pixels, dtype=np.float32)}))
+# the graph tensors a compressed graph's tokens are read from: TokenMerge's sizes (inter), the selection (intra)
+TOKEN_PROBES = (ops.SIZES_TENSOR, ops.SELECTED_TENSOR)
 
-    run.session = session  # type: ignore[attr-defined]
-    run.with_extras = with_extras  # type: ignore[attr-defined]
-    return run
+
+class OrtRunner(Runner):
+    """A model (a path or a proto) on ONNX Runtime; the vwt op library is registered when the graph needs it.
+
+    `extra_outputs` ({tensor name: onnx element type}) are returned by `infer_extras` beside the output.
+    `count_tokens`: `infer_tokens` counts each image's tokens from the graph itself: the sizes TokenMerge returns,
+    the length of an intra selection, or a ToMe graph's static schedule (the same mean tokens for every image)."""
+
+    kind = "onnxruntime-cpu"
+
+    def __init__(self, model: str | os.PathLike | onnx.ModelProto, providers: Sequence[str] | None = None,
+                 threads: int | None = None, extra_outputs: Mapping[str, int] | None = None, spinning: bool = True,
+                 count_tokens: bool = False):
+        super().__init__(str(model) if not isinstance(model, onnx.ModelProto) else "model")
+        extra = dict(extra_outputs or {})
+        self.probe, self.fixed_tokens = None, None
+        if count_tokens:
+            from ..graph.tome_export import read_schedule
+
+            proto = load_proto(model)
+            schedule = read_schedule(proto)
+            produced = {o for n in proto.graph.node for o in n.output}
+            self.probe = next((t for t in TOKEN_PROBES if t in produced), None) if schedule is None else None
+            self.fixed_tokens = schedule["mean_tokens"] if schedule is not None else None
+            if self.probe:
+                extra.setdefault(self.probe, onnx.TensorProto.FLOAT)
+        self.session = create_session(model, providers, threads, extra_outputs=extra, spinning=spinning)
+        first_input_output(self.session, model)  # a graph without an input or output is one line, not an IndexError
+        if providers and providers[0] != "CPUExecutionProvider":
+            self.kind = f"onnxruntime-{providers[0].removesuffix('ExecutionProvider').lower()}"
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.extra = list(extra)
+
+    def run(self, *inputs: np.ndarray, outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+        """The named outputs (default: all the graph's) for inputs in the graph's input order, as given."""
+        if len(inputs) != len(self.inputs):
+            raise VWTError(f"{self.name}: the model takes {len(self.inputs)} inputs ({', '.join(self.inputs)}), "
+                           f"got {len(inputs)}")
+        return self.session.run(list(outputs or self.outputs), dict(zip(self.inputs, inputs)))
+
+    def infer(self, *inputs: np.ndarray) -> np.ndarray:
+        return self.run(*(np.ascontiguousarray(x, dtype=np.float32) for x in inputs), outputs=self.outputs[:1])[0]
+
+    def infer_extras(self, pixels: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        first, *extras = self.run(np.ascontiguousarray(pixels, dtype=np.float32), outputs=self.outputs[:1] + self.extra)
+        return first, dict(zip(self.extra, extras))
+
+    def infer_tokens(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.probe is not None:
+            out, extras = self.infer_extras(pixels)
+            probe = extras[self.probe]  # sizes [B, T]: the real (size > 0) ones; a selection [B, T, D]: all T
+            return out, (probe > 0).sum(axis=1) if probe.ndim == 2 else np.full(len(probe), probe.shape[1])
+        if self.fixed_tokens is not None:
+            return self.infer(pixels), np.full(len(pixels), self.fixed_tokens)
+        return self.infer(pixels), None
+
+    @property
+    def metadata(self) -> dict:
+        return {**super().metadata, "inputs": self.inputs, "outputs": self.outputs, "extra_outputs": self.extra,
+                "providers": self.session.get_providers()}
 
 
 def kernel_times(session, by: str = "op") -> list[dict[str, float]]:

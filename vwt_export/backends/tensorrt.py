@@ -1,7 +1,7 @@
 """TensorRT engines: build from the ONNX files, describe them in a JSON sidecar, load them back safely.
 
     build_engine("OUT/model.vwt.onnx", "OUT/model.vwt.fp32.engine", BuildSettings(precision="fp32", batches=[1, 8]))
-    f = vwt_export.runtime.load("OUT/model.vwt.fp32.engine")     # checks the sidecar first; f(pixels) -> logits
+    f = vwt_export.runtime.load("OUT/model.vwt.fp32.engine")     # an EngineRunner: checks the sidecar first; f(pixels) -> logits
 
 Networks are strongly typed, so an engine's precision is its graph's: FP32 engines from the FP32 graphs, FP16
 engines from the float16 graphs (model.fp16.onnx, model.vwt.fp16.onnx), INT8 engines from the explicit Q/DQ
@@ -16,26 +16,28 @@ plugin must exist: without it the parser aborts the whole process, so its absenc
 
 Verified in this project: building FP32, FP16 and INT8 engines for SM80 and SM89 with TensorRT-RTX 1.7 on a
 CPU-only machine from the baseline, portable and plugin graphs (tests/backends/test_tensorrt.py), and the
-sidecar checks. Not verified (no TensorRT GPU machine was available): running engines (`load_engine`) and the
+sidecar checks. Not verified (no TensorRT GPU machine was available): running engines (`EngineRunner`) and the
 plugin's enqueue, TensorRT 10/11 proper.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_path, write_text
 from ..errors import VWTError
+from ..outdir import sha256  # one checksum for engine sidecars and output manifests
 from ..plugins import trt_plugin_library
+from ..version import __version__
+from .base import Runner
 
 SIDECAR_FORMAT, SIDECAR_VERSION = "vwt-export/engine", 1
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -56,14 +58,6 @@ def import_tensorrt() -> tuple[Any, str]:
     except ImportError:
         raise VWTError("TensorRT is not installed: `pip install tensorrt` (TensorRT 10/11, needs NVIDIA's package "
                        "index) or `pip install tensorrt-rtx`; the ONNX Runtime backend works without it") from None
-
-
-def sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -244,8 +238,6 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
 
 
 def make_sidecar(onnx_path: Path, settings: BuildSettings, trt, flavour: str) -> dict:
-    from .. import __version__
-
     gpu = settings.compute_capability and {"name": None, "compute_capability": settings.compute_capability.upper()}
     return {
         "format": SIDECAR_FORMAT, "version": SIDECAR_VERSION,
@@ -273,7 +265,10 @@ def current_gpu() -> dict:
 
 
 def read_sidecar(engine_path: str | os.PathLike) -> dict:
+    """The engine's JSON sidecar, every field check_sidecar and load_engine read of its documented type."""
     path = sidecar_path(engine_path)
+    if Path(engine_path).is_dir():
+        raise VWTError(f"{engine_path}: a folder, not an engine file")
     if not Path(engine_path).is_file():
         raise VWTError(f"{engine_path}: no such engine file")
     if not path.is_file():
@@ -282,8 +277,25 @@ def read_sidecar(engine_path: str | os.PathLike) -> dict:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise VWTError(f"{path}: corrupt sidecar ({e}); rebuild the engine") from None
-    if data.get("format") != SIDECAR_FORMAT or not isinstance(data.get("tensorrt"), dict):
-        raise VWTError(f"{path}: not a vwt-export engine sidecar")
+    except OSError as e:
+        raise VWTError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise VWTError(f"{path}: not a vwt-export engine sidecar (a JSON {type(data).__name__} without "
+                       f"format {SIDECAR_FORMAT!r}); rebuild the engine")
+
+    def field_of(obj: Any, key: str, types: type | tuple, where: str) -> Any:
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise VWTError(f"{path}: malformed sidecar ({where}{key} is {value!r}); rebuild the engine")
+        return value
+
+    trt_info = field_of(data, "tensorrt", dict, "")
+    field_of(trt_info, "flavour", str, "tensorrt.")
+    field_of(trt_info, "version", str, "tensorrt.")
+    field_of(field_of(data, "gpu", dict, ""), "compute_capability", str, "gpu.")
+    plugin = data.get("plugin_library")
+    if plugin is not None:
+        field_of(field_of(data, "plugin_library", dict, ""), "sha256", str, "plugin_library.")
     return data
 
 
@@ -306,51 +318,60 @@ def check_sidecar(sidecar: dict, running: dict, engine: str = "engine") -> None:
                        f"{str(running.get('plugin_sha256'))[:12]}); rebuild the engine or use the library it was built with")
 
 
-def load_engine(path: str | os.PathLike) -> Callable[[np.ndarray], np.ndarray]:
-    """A callable f(pixels float32 [B, C, H, W]) -> logits for a vwt-export engine. UNVERIFIED (no GPU here)."""
-    sidecar = read_sidecar(path)
-    trt, flavour = import_tensorrt()
-    plugin = sidecar.get("plugin_library")
-    plugin_path = None
-    if plugin:
-        plugin_path = str(trt_plugin_library())
-        load_plugin(trt, plugin_path)
-    running = {"tensorrt": {"flavour": flavour, "version": trt.__version__}, "gpu": current_gpu(),
-               "plugin_sha256": sha256(plugin_path) if plugin_path else None}
-    check_sidecar(sidecar, running, str(path))
-    import torch
+class EngineRunner(Runner):
+    """A vwt-export engine on this GPU, its JSON sidecar checked first. runner(pixels float32 [B, C, H, W]) ->
+    logits; a trunk engine takes (tokens, sizes), as LengthAwareRunner's trunk. UNVERIFIED (no GPU here)."""
 
-    logger = _logger(trt)
-    runtime = trt.Runtime(logger)
-    engine = runtime.deserialize_cuda_engine(Path(path).read_bytes())
-    if engine is None:
-        raise VWTError(f"{path}: corrupt or truncated engine; rebuild it with vwt-export")
-    context = engine.create_execution_context()
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    kind = "tensorrt"
 
-    def run(*arrays: np.ndarray) -> np.ndarray:
-        """f(pixels) -> logits; a trunk engine: f(tokens, sizes) -> logits (runtime.length_aware's trunk)."""
-        if len(arrays) != len(inputs):
-            raise VWTError(f"{path}: the engine takes {len(inputs)} inputs ({', '.join(inputs)}), got {len(arrays)}")
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(str(path))
+        sidecar = read_sidecar(path)
+        trt, flavour = import_tensorrt()
+        plugin = sidecar.get("plugin_library")
+        plugin_path = None
+        if plugin:
+            plugin_path = str(trt_plugin_library())
+            load_plugin(trt, plugin_path)
+        running = {"tensorrt": {"flavour": flavour, "version": trt.__version__}, "gpu": current_gpu(),
+                   "plugin_sha256": sha256(plugin_path) if plugin_path else None}
+        check_sidecar(sidecar, running, str(path))
+        # TensorRT objects must outlive their users: the runner keeps them
+        self.logger = _logger(trt)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise VWTError(f"{path}: corrupt or truncated engine; rebuild it with vwt-export")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.sidecar = sidecar
+
+    def infer(self, *arrays: np.ndarray) -> np.ndarray:
+        import torch
+
+        if len(arrays) != len(self.inputs):
+            raise VWTError(f"{self.name}: the engine takes {len(self.inputs)} inputs ({', '.join(self.inputs)}), "
+                           f"got {len(arrays)}")
         keep = []
-        for name, array in zip(inputs, arrays):
+        for name, array in zip(self.inputs, arrays):
             x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).cuda()
-            if not context.set_input_shape(name, tuple(x.shape)):
-                raise VWTError(f"{path}: input {name} of shape {tuple(x.shape)} is outside the engine's optimisation "
-                               "profile (rebuild it with the batch sizes you run: --batch)")
-            context.set_tensor_address(name, x.data_ptr())
+            if not self.context.set_input_shape(name, tuple(x.shape)):
+                raise VWTError(f"{self.name}: input {name} of shape {tuple(x.shape)} is outside the engine's "
+                               "optimisation profile (rebuild it with the batch sizes you run: --batch)")
+            self.context.set_tensor_address(name, x.data_ptr())
             keep.append(x)
         out = {}
-        for n in outputs:
-            out[n] = torch.empty(tuple(context.get_tensor_shape(n)), dtype=torch.float32, device="cuda")
-            context.set_tensor_address(n, out[n].data_ptr())
+        for n in self.outputs:
+            out[n] = torch.empty(tuple(self.context.get_tensor_shape(n)), dtype=torch.float32, device="cuda")
+            self.context.set_tensor_address(n, out[n].data_ptr())
         stream = torch.cuda.current_stream()
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise VWTError(f"{path}: TensorRT failed to run the engine")
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise VWTError(f"{self.name}: TensorRT failed to run the engine")
         stream.synchronize()
-        return out[outputs[0]].cpu().numpy()
+        return out[self.outputs[0]].cpu().numpy()
 
-    run.tensorrt = (logger, runtime, engine, context)  # TensorRT objects must outlive their users: keep them with it
-    return run
+    @property
+    def metadata(self) -> dict:
+        return {**super().metadata, "inputs": self.inputs, "outputs": self.outputs, "sidecar": self.sidecar}

@@ -10,12 +10,11 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ..data import iter_image_batches
 from ..errors import VWTError
 from ..models import is_headless
 
@@ -98,27 +97,47 @@ def kl_divergence(ref: np.ndarray, cand: np.ndarray) -> float:
     return float(np.mean(np.sum(p * (np.log(p + 1e-300) - np.log(q + 1e-300)), axis=-1)))
 
 
-def cosine_similarity(ref: np.ndarray, cand: np.ndarray) -> float:
-    """Mean cosine similarity of the output vectors."""
+def cosine_similarities(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each pair of output vectors (along the last axis)."""
     num = np.sum(ref * cand, -1)
     den = np.linalg.norm(ref, axis=-1) * np.linalg.norm(cand, axis=-1)
-    return float(np.mean(num / np.maximum(den, 1e-12)))
+    return num / np.maximum(den, 1e-12)
 
 
-def fidelity(ref: np.ndarray, cand: np.ndarray, headless: bool = False) -> dict[str, float | None]:
+def cosine_similarity(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Mean cosine similarity of the output vectors."""
+    return float(np.mean(cosine_similarities(ref, cand)))
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """A variant's outputs against the reference's (FP32): the first three None for a headless model."""
+
+    top1_agreement: float | None
+    top5_overlap: float | None
+    kl_divergence: float | None
+    cosine_similarity: float
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    top1: float
+    top5: float
+
+
+def fidelity(ref: np.ndarray, cand: np.ndarray, headless: bool = False) -> Fidelity:
     """Agreement of a variant's outputs with the reference's. A headless model (no classifier head) outputs
     feature vectors: ranking their components means nothing, so only their cosine similarity is measured."""
     if headless:
-        return {"top1_agreement": None, "top5_overlap": None, "kl_divergence": None,
-                "cosine_similarity": cosine_similarity(ref, cand)}
-    return {"top1_agreement": top1_agreement(ref, cand), "top5_overlap": topk_overlap(ref, cand),
-            "kl_divergence": kl_divergence(ref, cand), "cosine_similarity": cosine_similarity(ref, cand)}
+        return Fidelity(None, None, None, cosine_similarity(ref, cand))
+    return Fidelity(top1_agreement(ref, cand), topk_overlap(ref, cand), kl_divergence(ref, cand),
+                    cosine_similarity(ref, cand))
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray | None) -> dict[str, float] | None:
+def accuracy(logits: np.ndarray, labels: np.ndarray | None) -> Accuracy | None:
     if labels is None:
         return None
-    return {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5)}
+    return Accuracy(topk_accuracy(logits, labels, 1), topk_accuracy(logits, labels, 5))
 
 
 # -- the torch-path comparison ---------------------------------------------------------------------------------
@@ -141,21 +160,33 @@ class Agreement:
 
 
 @torch.no_grad()
-def compare(reference: torch.nn.Module, candidate: torch.nn.Module, files: Sequence[Path], transform,
-            batch_size: int = 32, device: str = "cpu", progress=None) -> Agreement:
-    """Run both torch models over the images; `candidate` is a CompressedViT (it reports its token counts)."""
+def compare(reference: torch.nn.Module, candidate: torch.nn.Module, batches: Iterable[np.ndarray],
+            device: str = "cpu", progress=None) -> Agreement:
+    """Run both torch models over batches of pixels; `candidate` is a compressed model (it reports its tokens)."""
     refs, cands, counts = [], [], []
-    for pixels, _ in iter_image_batches(files, transform, batch_size, progress=progress):
-        pixels = pixels.to(device)
+    for batch in batches:
+        pixels = torch.from_numpy(batch).to(device)
         refs.append(reference(pixels).float().cpu().numpy())
         cands.append(candidate(pixels).float().cpu().numpy())
         counts.append(candidate.last_token_counts)
+        if progress:
+            progress(len(batch))
     ref, cand, tokens = np.concatenate(refs), np.concatenate(cands), torch.cat(counts).float()
     f = fidelity(ref, cand, headless=is_headless(reference))
     agreement = Agreement(
-        images=len(ref), top1_agreement=f["top1_agreement"], top5_overlap=f["top5_overlap"],
-        cosine_similarity=f["cosine_similarity"], max_abs_logit_diff=float(np.abs(ref - cand).max()), tokens_in=candidate.tokens_in,
+        images=len(ref), top1_agreement=f.top1_agreement, top5_overlap=f.top5_overlap,
+        cosine_similarity=f.cosine_similarity, max_abs_logit_diff=float(np.abs(ref - cand).max()), tokens_in=candidate.tokens_in,
         tokens_mean=float(tokens.mean()), tokens_min=int(tokens.min()), tokens_max=int(tokens.max()),
     )
     agreement.counts = tokens.long().tolist()  # per image, for the report's histogram (not in as_dict)
     return agreement
+
+
+def check_torch(run, cmodel) -> dict:
+    """Tokens kept and agreement with the uncompressed model, on the torch path, over the run's check images."""
+    from tqdm.auto import tqdm
+
+    images = run.images
+    with tqdm(total=len(images.files), desc="checking (torch)", unit="img", disable=not run.cfg.progress) as bar:
+        a = compare(run.model, cmodel, images.batches(run.cfg.data.batch_size), run.cfg.device, progress=bar.update)
+    return {"images_from": str(run.cfg.data.check_folder), **a.as_dict(), "counts": a.counts}

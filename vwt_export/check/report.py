@@ -12,7 +12,10 @@ report.json, version 1:
                 tokens {mean, min, max, counts}, merge_share | null, batching (padded | length-aware (...)),
                 latency {batch: {p50_ms, p90_ms, p99_ms, mean_ms, runs, images_per_s}},
                 energy {available, reason | j_per_image_gross, j_per_image_net, ...}}}
-  verification {file: {verified, max_rel_err | reason, patches, near_ties, images_with_near_ties, matches_differ}}
+  verification {file: {verified, max_rel_err | reason, patches, near_ties, images_with_near_ties, matches_differ,
+               against (a stage pair: its one graph)}}: FP32 and FP16 graphs against torch
+  measured     {file: {file, against, images, cosine_mean, cosine_min, top1_agreement | null, max_rel_err}}:
+               quantized graphs and stage pairs against the graph they come from (check/verify.py)
   not_measured [{what, why}]
   polygraphy   {inputs, outputs: {file: reference}, commands}
   sweep        (with --sweep) {images, quality, plot, ranked: [{label, method, file, quality, tokens, latency_ms,
@@ -22,10 +25,13 @@ report.json, version 1:
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path, write_text
+from ..errors import VWTError
+from .verify import FLOOR_COSINE
 
 SCHEMA, VERSION = "vwt-export/report", 1
 REQUIRED = ("schema", "version", "created", "model", "settings", "environment", "images", "variants", "not_measured")
@@ -59,10 +65,7 @@ def markdown(report: dict) -> str:
         lines += ["> **Random weights**: accuracy and fidelity figures say nothing about a trained model; they only "
                   "show that every variant runs and agrees with its reference.", ""]
     imgs = report["images"]
-    lines += [f"Mode **{s['mode']}**" + (f", threshold {s['threshold']}, {s.get('vocab_size')} words" if s["mode"] == "inter" else "")
-              + (f", keep {s.get('keep')}" if s["mode"] == "intra" else "")
-              + (f", r {s.get('r')} (ToMe, proportional attention)" if s["mode"] == "tome" else "")
-              + f". {imgs['count']} check images from `{imgs['folder']}` ({'labelled' if imgs['labelled'] else 'no labels: fidelity only'}).",
+    lines += [f"Mode **{s['mode']}**" + _describe(s) + f". {imgs['count']} check images from `{imgs['folder']}` ({'labelled' if imgs['labelled'] else 'no labels: fidelity only'}).",
               f"Backend: ONNX Runtime {report['environment']['onnxruntime']} CPU, {report['environment']['cpu_count']} cores; "
               "all variants timed in one interleaved run.", ""]
     batches = sorted({int(b) for v in report["variants"].values() for b in v["latency"]})
@@ -96,17 +99,26 @@ def markdown(report: dict) -> str:
         from .sweep import markdown as sweep_markdown
 
         lines += sweep_markdown(report["sweep"])
-    checked = report.get("verification") or {}
-    if checked:
+    checked, measured = report.get("verification") or {}, report.get("measured") or {}
+    if checked or measured:
         lines += ["Graphs verified against torch on the same images (matches compared exactly except at near-ties, "
-                  "where two words or the threshold are within a hair; those are counted, never errors):", ""]
+                  "where two words or the threshold are within a hair; those are counted, never errors). Quantized "
+                  "graphs are lossy: measured against the graph they come from, they stop a run only where only a "
+                  f"miswired graph goes (a mean output cosine under {FLOOR_COSINE}, NaN or Inf, another output "
+                  "shape):", ""]
         for file, c in checked.items():
             if c["verified"]:
                 ties = (f"; {c['near_ties']} near-tie patches in {c['images_with_near_ties']} images, "
                         f"{c['matches_differ']} matched differently" if c.get("patches") else "")
-                lines.append(f"- `{file}`: max relative error {c['max_rel_err']:.1e}{ties}")
+                lines.append(f"- `{file}`: verified against {c.get('against') or 'torch'}: max relative error "
+                             f"{c['max_rel_err']:.1e}{ties}")
             else:
                 lines.append(f"- `{file}`: not verified: {c['reason']}")
+        for m in measured.values():
+            agree = f", top-1 agreement {m['top1_agreement']:.1%}" if m["top1_agreement"] is not None else ""
+            lines.append(f"- `{m['file']}`: measured against {m['against']} on {m['images']} images: output cosine "
+                         f"{m['cosine_mean']:.4f} mean, {m['cosine_min']:.4f} min{agree} (max relative error "
+                         f"{m['max_rel_err']:.1e})")
         lines.append("")
     lines += ["Not measured:", ""] + [f"- {x['what']}: {x['why']}" for x in report["not_measured"]] + [""]
     pg = report.get("polygraphy")
@@ -116,6 +128,15 @@ def markdown(report: dict) -> str:
     if report.get("plots"):
         lines += [f"![{Path(p).stem}]({p})" for p in report["plots"]] + [""]
     return "\n".join(lines)
+
+
+def _describe(settings: dict) -> str:
+    from .. import methods
+
+    try:
+        return methods.get(settings["mode"]).describe(settings)
+    except VWTError:  # a report of a method this installation does not have
+        return ""
 
 
 def plots(report: dict, folder: Path) -> list[str]:
@@ -186,3 +207,92 @@ def write(report: dict, out: Path) -> list[Path]:
     write_text(out / "report.json", json.dumps(report, indent=2, default=float) + "\n")
     write_text(out / "report.md", markdown(report))
     return [out / "report.json", out / "report.md"] + [out / p for p in report["plots"]]
+
+
+# -- the run's report and summary ------------------------------------------------------------------------------
+
+
+def write_report(run, cmodel, vocab, variants: dict, polygraphy: dict, sweep: dict | None) -> dict:
+    """report.json, report.md and the plots of a run whose variants were measured; returns report.json's content."""
+    import datetime
+    import os
+    import platform
+
+    import onnx
+    import onnxruntime
+    import timm
+    import torch
+
+    from ..models import is_headless
+    from ..version import __version__
+
+    cfg, model = run.cfg, run.model
+    report = {
+        "schema": SCHEMA, "version": VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": cfg.command,
+        "model": {**_model_facts(cfg, model, cmodel), "headless": is_headless(model),
+                  "num_prefix_tokens": model.num_prefix_tokens, "num_patches": model.patch_embed.num_patches},
+        "settings": _settings(cfg, cmodel, vocab),
+        "environment": {"python": platform.python_version(), "platform": platform.platform(),
+                        "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                        "torch": torch.__version__, "timm": timm.__version__, "onnx": onnx.__version__,
+                        "onnxruntime": onnxruntime.__version__, "vwt_export": __version__, "gpu": None},
+        "images": {"folder": str(cfg.data.check_folder), "count": len(run.inputs.check_files),
+                   "labelled": run.inputs.labels is not None,
+                   "calib": str(cfg.data.calib) if cfg.data.calib else None, "calib_count": len(run.inputs.calib_files)},
+        "variants": {name: asdict(v) for name, v in variants.items()},
+        **run.serialised(),
+        "polygraphy": polygraphy,
+        **({"sweep": sweep} if sweep else {}),
+        "plots": [],
+    }
+    if cfg.compression.method.groups_patches:
+        from .merges import plot_merges
+
+        plot_merges(model, cmodel, run.verification_pixels, cfg.out / "plots" / "merges.png")
+        report["plots"].append("plots/merges.png")
+    run.written += write(report, cfg.out)
+    return report
+
+
+def write_summary(run, cmodel, vocab, result) -> Path:
+    """summary.json: what the run wrote and verified, whether or not it measured (written last)."""
+    import platform
+
+    import timm
+    import torch
+
+    from ..version import __version__
+
+    cfg = run.cfg
+    summary = {
+        **_model_facts(cfg, run.model, cmodel), "mode": cfg.compression.mode, "command": cfg.command,
+        "settings": _settings(cfg, cmodel, vocab),
+        "versions": {"vwt_export": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                     "python": platform.python_version()},
+        "onnx": result.verification, "measured": result.measured, "near_ties": result.near_ties,
+        "engines": {v.name: {"file": p.name, "from": json.loads(Path(f"{p}.json").read_text())["onnx"]["file"]}
+                    for v, p in result.engines.items()},
+        "not_measured": result.not_measured,
+    }
+    if result.torch_check is not None:
+        summary["torch_check"] = {k: v for k, v in result.torch_check.items() if k != "counts"}
+    path = cfg.out / "summary.json"
+    write_text(path, json.dumps(summary, indent=2) + "\n")
+    return path
+
+
+def _model_facts(cfg, model, cmodel) -> dict:
+    return {"name": cfg.model.name, "timm_name": model.default_cfg.get("architecture"), "weights": cfg.model.weights,
+            "weights_meaningful": cfg.model.weights != "random", "tokens_in": cmodel.tokens_in}
+
+
+def _settings(cfg, cmodel, vocab) -> dict:
+    """The compression as report.json and summary.json state it: mode, its method's settings, the vocabulary."""
+    c = cfg.compression
+    settings: dict[str, Any] = {"mode": c.mode, "model_args": dict(cfg.model.args), "prop_attn": c.prop_attn,
+                                **c.method.settings(c.spec, cmodel)}
+    if c.method.needs_vocabulary:
+        settings.update(vocab_size=vocab.size, vocab=str(c.vocab or cfg.out / "vocab.safetensors"))
+    return settings

@@ -2,8 +2,8 @@
 
     --sweep threshold=0.05,0.1,0.2 --sweep grouping=global,local --sweep keep=0.5,0.75 --sweep r=8,16
 
-Each key belongs to one method: threshold and grouping to VWT inter (every combination of the two), keep to
-VWT intra, r to ToMe. Every setting becomes one graph (OUT/sweep/model.<setting>.onnx), verified against its
+Each key belongs to the methods that list it among their sweep keys (vwt_export.methods: threshold and grouping
+to inter, every combination of the two; keep to intra; r to ToMe). Every setting becomes one graph (OUT/sweep/model.<setting>.onnx), verified against its
 torch model, then measured with the run's own FP32 and INT8 graphs in one interleaved timing run: quality (top-1
 accuracy with labels, else the cosine of the outputs to FP32's), tokens, batch-1 latency. The Pareto front is
 the settings no other setting beats on both quality and latency.
@@ -11,82 +11,81 @@ the settings no other setting beats on both quality and latency.
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
+import logging
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from ..config import parse_keep
-from ..errors import VWTError
-from ..vwt.model import GROUPINGS
+from ..artefacts import Graph, Variant, find
 
+log = logging.getLogger("vwt_export")
 
-def _positive_int(v: str) -> int:
-    n = int(v)
-    if n < 0:
-        raise ValueError(v)
-    return n
-
-
-def _grouping(v: str) -> str:
-    if v not in GROUPINGS:
-        raise ValueError(v)
-    return v
-
-
-KEYS = {"threshold": float, "grouping": _grouping, "keep": parse_keep, "r": _positive_int}
-
-
-def parse(items: list[str] | tuple[str, ...] | dict) -> dict[str, tuple]:
-    """["threshold=0.05,0.1", "r=8"] (or {key: values}) -> {"threshold": (0.05, 0.1), "r": (8,)}."""
-    if isinstance(items, dict):
-        items = [f"{k}={','.join(map(str, v if isinstance(v, (list, tuple)) else [v]))}" for k, v in items.items()]
-    out: dict[str, tuple] = {}
-    for item in items:
-        key, sep, values = str(item).partition("=")
-        if not sep or key not in KEYS or not values.strip():
-            raise VWTError(f"--sweep {item}: expected KEY=V1,V2,... with KEY one of {', '.join(KEYS)}")
-        try:
-            parsed = tuple(KEYS[key](v.strip()) for v in values.split(",") if v.strip())
-        except (ValueError, VWTError):
-            raise VWTError(f"--sweep {item}: a value is not a valid {key}") from None
-        if key == "threshold" and not all(0.0 <= t <= 2.0 for t in parsed):
-            raise VWTError(f"--sweep {item}: thresholds are cosine distances in [0, 2]")
-        out[key] = out.get(key, ()) + parsed
-    return out
 
 
 @dataclass(frozen=True)
-class Setting:
-    """One point of the sweep: a method and its parameters."""
+class Row:
+    """One setting measured (report.json's sweep.ranked)."""
 
-    method: str  # vwt (inter), intra, tome
-    params: tuple[tuple[str, Any], ...]
-
-    @property
-    def label(self) -> str:
-        p = dict(self.params)
-        if self.method == "vwt":
-            return f"vwt {p['grouping']} t={p['threshold']:g}"
-        if self.method == "intra":
-            return f"intra keep={p['keep']:g}"
-        return f"tome r={p['r']}"
-
-    @property
-    def file(self) -> str:
-        return "model." + self.label.replace(" ", "-").replace("=", "") + ".onnx"
+    label: str
+    method: str  # fp32, int8, or the setting's method's sweep group (vwt, intra, tome)
+    file: str
+    quality: float  # top-1 accuracy with labels, else the cosine of the outputs to FP32's
+    tokens: float | None  # mean per image
+    latency_ms: float  # p50 at batch 1
+    pareto: bool = False
 
 
-def settings(sweep: dict[str, tuple], threshold: float, grouping: str) -> list[Setting]:
-    """Every setting the sweep asks for; inter settings combine thresholds and groupings (the run's own value
-    standing in for the key not swept)."""
-    out = []
-    if "threshold" in sweep or "grouping" in sweep:
-        for t, g in itertools.product(sweep.get("threshold", (threshold,)), sweep.get("grouping", (grouping,))):
-            out.append(Setting("vwt", (("threshold", float(t)), ("grouping", g))))
-    out += [Setting("intra", (("keep", k),)) for k in sweep.get("keep", ())]
-    out += [Setting("tome", (("r", r),)) for r in sweep.get("r", ())]
-    return list(dict.fromkeys(out))
+def file_name(label: str) -> str:
+    """A setting's graph file: "vwt global t=0.05" -> model.vwt-global-t0.05.onnx."""
+    return "model." + label.replace(" ", "-").replace("=", "") + ".onnx"
+
+
+def run_sweep(run, graphs: list[Graph], vocab) -> dict:
+    """--sweep: every setting exported, verified and measured with the run's FP32 and INT8 graphs on the same
+    images, in one interleaved timing run; ranked, with the Pareto front, and plotted."""
+    import onnx
+
+    from .. import methods
+    from ..graph.export import save_model
+    from ..models import is_headless, sequence_length
+    from . import latency
+    from .accuracy import accuracy, fidelity
+    from .variants import Candidate, load_runner, outputs
+
+    cfg, images = run.cfg, run.images
+    base = onnx.load(str(find(graphs, Variant("", "fp32")).path))
+    baselines = [v for v in (Variant("", "fp32"), Variant("", "int8")) if find(graphs, v)]
+    candidates = [Candidate(v.name, v, find(graphs, v).path) for v in baselines]
+    groups = {v.name: v.precision for v in baselines}
+    for spec in methods.sweep_specs(cfg.checks.sweep, cfg.compression.spec):
+        method = methods.get(spec.method)
+        label = method.label({k: spec.values[k] for k in method.sweep_keys})
+        log.info("sweep: exporting %s", label)
+        reference = method.build(run.model, spec, vocab)
+        path = save_model(method.graph(base, reference, spec), cfg.out / "sweep" / file_name(label))
+        run.written.append(path)
+        run.verify(path, reference, "fp32", key=f"sweep/{path.name}")
+        candidates.append(Candidate(label, Variant(method.variant, "fp32"), path))
+        groups[label] = method.sweep_group or method.name
+    runners = {cd.label: load_runner(cd) for cd in candidates}
+    logits, tokens = outputs(candidates, runners, images.batches(cfg.data.batch_size))
+    use_accuracy = images.labels is not None and not is_headless(run.model)
+    first = images.pixels[:8]
+    per_image = {name: (lambda _x, f=f: [f(first[i : i + 1]) for i in range(len(first))]) for name, f in runners.items()}
+    timing = latency.measure(per_image, {1: first[:1]}, warmup=2, reps=cfg.checks.reps)
+    tokens_in = sequence_length(run.model)
+    rows = []
+    for cd in candidates:
+        quality = (accuracy(logits[cd.label], images.labels).top1 if use_accuracy
+                   else fidelity(logits["fp32"], logits[cd.label], headless=True).cosine_similarity)
+        counts = tokens.get(cd.label)
+        rows.append(Row(cd.label, groups[cd.label], str(cd.path.relative_to(cfg.out)), quality,
+                        (sum(counts) / len(counts)) if counts else tokens_in if not cd.variant.compressed else None,
+                        timing[cd.label][1]["p50_ms"] / len(first)))
+    result = {"images": len(run.inputs.check_files), "quality": "top-1 accuracy" if use_accuracy else
+              "cosine of the outputs to FP32", "ranked": [asdict(r) for r in rank(rows)], "plot": "plots/tradeoff.png"}
+    plot_tradeoff(result["ranked"], result["quality"], cfg.out / result["plot"])
+    run.written.append(cfg.out / result["plot"])
+    return result
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -101,11 +100,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def rank(rows: list[dict]) -> list[dict]:
-    """Rows {label, latency_ms, quality, ...} sorted by quality, best first; each marked `pareto`."""
-    front = set(pareto_front([(r["latency_ms"], r["quality"]) for r in rows]))
-    marked = [{**r, "pareto": i in front} for i, r in enumerate(rows)]
-    return sorted(marked, key=lambda r: (-r["quality"], r["latency_ms"]))
+def rank(rows: list[Row]) -> list[Row]:
+    """Rows sorted by quality, best first; each marked `pareto`."""
+    front = set(pareto_front([(r.latency_ms, r.quality) for r in rows]))
+    marked = [replace(r, pareto=i in front) for i, r in enumerate(rows)]
+    return sorted(marked, key=lambda r: (-r.quality, r.latency_ms))
 
 
 MARKERS = {"fp32": "s", "int8": "D", "vwt": "o", "intra": "^", "tome": "v"}

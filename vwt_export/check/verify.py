@@ -12,10 +12,14 @@ discrete decisions"):
 
 A near-tie is never an error. A match that differs away from any near-tie is (in FP32 graphs; FP16 graphs
 compute their embed-space features in float16, so there a differing match is counted and reported instead).
+
+A wrong FP32 or FP16 graph stops the run. Quantized graphs and their stage pairs are lossy: they are measured
+against the graph they come from (measure_lossy), and stop the run only below the floor of a miswired graph.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +29,8 @@ import torch
 
 from ..errors import VWTError
 from ..graph import ops
+
+log = logging.getLogger("vwt_export")
 
 # Each graph against the torch model of its own precision. Float16 results differ with the order of summation.
 RTOL = {"fp32": 1e-4, "fp16": 1e-2}
@@ -43,6 +49,7 @@ class Verification:
     near_ties: int = 0  # patches whose match could go either way
     images_with_near_ties: int = 0
     matches_differ: int = 0  # patches matched differently by the graph (near-ties, or FP16 rounding)
+    against: str | None = None  # what it was checked against, when not its torch model (a stage pair: its one graph)
 
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -61,44 +68,106 @@ def _check(err: float, rtol: float, what: str) -> float:
     return err
 
 
-def verify_graph(path: Path, reference, pixels: torch.Tensor, precision: str = "fp32") -> Verification:
-    """Check `path` against `reference` (the torch module it must equal: the model, or its CompressedViT).
+def verify_graph(graph: Path | onnx.ModelProto, reference, pixels: torch.Tensor, precision: str = "fp32") -> Verification:
+    """Check `graph` (a file or a proto) against `reference`, the torch module it must equal: the model, or a
+    method's torch model. What the reference can tell decides how discrete decisions are compared
+    (vwt_export.methods.Method):
 
-    Raises VWTError when an FP32 graph is wrong; returns what was compared, near-ties included."""
-    from ..backends.onnxruntime import load_proto, runner
+      match(pixels), near_ties(pixels)   the graph's vwt/keys equal torch's except at near-ties, and the output
+                                         equals the reference run on the graph's own keys;
+      decision_margins(pixels)           images with a decision within NEAR_TIE_EPS are counted, not compared.
 
-    rtol, name = RTOL[precision], path.name
-    if hasattr(reference, "decision_margins"):  # ToMe: images whose merge decisions sit on a near-tie are counted
-        from ..graph.tome_export import check_against_torch
+    Raises VWTError when the graph is wrong; returns what was compared, near-ties included."""
+    from ..backends.onnxruntime import OrtRunner, load_proto
+    from ..vwt.inter import NEAR_TIE_EPS
 
-        try:
-            r = check_against_torch(load_proto(path), reference, pixels, rtol=rtol)
-        except VWTError as e:
-            raise VWTError(f"{name}: {e}") from None
-        return Verification(name, True, r["max_rel_err"], patches=0, near_ties=r["near_ties"],
-                            images_with_near_ties=r["near_ties"])
-    keyed = getattr(reference, "mode", None) == "inter" and any(
-        ops.KEYS_TENSOR in n.output for n in load_proto(path).graph.node)
-    if not keyed:
-        with torch.no_grad():
-            expected = reference(pixels).float().cpu().numpy()
-        actual = runner(path)(pixels.cpu().numpy())
-        return Verification(name, True, _check(relative_error(expected, actual, name), rtol, name))
-
-    from ..vwt.inter import match_keys, near_ties
-
-    logits, keys = runner(path, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).with_extras(pixels.cpu().numpy())
+    rtol, name = RTOL[precision], graph.name if isinstance(graph, Path) else "the graph"
+    x = pixels.cpu().numpy()
+    keyed = hasattr(reference, "match") and any(ops.KEYS_TENSOR in n.output for n in load_proto(graph).graph.node)
+    v = Verification(name, True)
     with torch.no_grad():
-        features = reference.features(pixels).float()
-        ours = match_keys(features, reference.unit_words, reference.threshold).cpu().numpy()
-        ties = near_ties(features, reference.unit_words, reference.threshold).cpu().numpy()
-        expected = reference(pixels, keys=torch.from_numpy(keys).to(pixels.device)).float().cpu().numpy()
-    differ = keys != ours
-    unexplained = differ & ~ties
-    if unexplained.any() and (precision == "fp32" or unexplained.mean() > FP16_MATCHES_DIFFER):
-        b, n = map(int, np.argwhere(unexplained)[0])
-        raise VWTError(f"{name}: {int(unexplained.sum())} patch matches differ from torch away from any near-tie "
-                       f"(first: image {b}, patch {n}: graph key {int(keys[b, n])}, torch key {int(ours[b, n])})")
-    err = _check(relative_error(expected, logits, name), rtol, name)
-    return Verification(name, True, err, patches=int(keys.size), near_ties=int(ties.sum()),
-                        images_with_near_ties=int(ties.any(axis=1).sum()), matches_differ=int(differ.sum()))
+        if keyed:
+            actual, extras = OrtRunner(graph, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).infer_extras(x)
+            keys = extras[ops.KEYS_TENSOR]
+            ours, ties = reference.match(pixels).cpu().numpy(), reference.near_ties(pixels).cpu().numpy()
+            differ = keys != ours
+            unexplained = differ & ~ties
+            if unexplained.any() and (precision == "fp32" or unexplained.mean() > FP16_MATCHES_DIFFER):
+                b, n = map(int, np.argwhere(unexplained)[0])
+                raise VWTError(f"{name}: {int(unexplained.sum())} patch matches differ from torch away from any "
+                               f"near-tie (first: image {b}, patch {n}: graph key {int(keys[b, n])}, torch key "
+                               f"{int(ours[b, n])})")
+            expected = reference(pixels, keys=torch.from_numpy(keys).to(pixels.device)).float().cpu().numpy()
+            v.patches, v.near_ties, v.matches_differ = int(keys.size), int(ties.sum()), int(differ.sum())
+            v.images_with_near_ties = int(ties.any(axis=1).sum())
+        else:
+            actual = OrtRunner(graph).infer(x)
+            expected = reference(pixels).float().cpu().numpy()
+        clear = np.ones(len(x), dtype=bool)
+        if hasattr(reference, "decision_margins"):
+            clear = (reference.decision_margins(pixels) >= NEAR_TIE_EPS).cpu().numpy()
+            v.near_ties = v.images_with_near_ties = int((~clear).sum())
+    relative_error(expected, actual, name)  # the shapes, whatever is compared
+    v.max_rel_err = _check(relative_error(expected[clear], actual[clear], name), rtol, name) if clear.any() else 0.0
+    return v
+
+
+def check_stage_pair(tokenize: Path, trunk: Path, one_graph: Path, pixels: np.ndarray) -> Verification:
+    """A float graph's tokenize + trunk (run length-aware, as users run them) against the one graph they were
+    split from: the same ops on the same values, so equal but for float rounding (the trunk may see shorter
+    sequences, so sums round differently by an ulp). A quantized pair is measured instead (measure_lossy)."""
+    from ..runtime import load
+
+    rtol = 1e-5  # tighter than a graph against torch: the same ops in the same runtime
+    err = relative_error(load(one_graph)(pixels), load(tokenize)(pixels), tokenize.name)
+    if err > rtol:
+        raise VWTError(f"{tokenize.name} + {trunk.name} differ from {one_graph.name} by {err:.1e} (relative), over "
+                       f"the {rtol:.0e} tolerance")
+    log.info("split %s into %s + %s for length-aware batching: together they agree with it (max relative error "
+             "%.1e)", one_graph.name, tokenize.name, trunk.name, err)
+    return Verification(tokenize.name, True, err, against=one_graph.name)
+
+
+# -- lossy graphs: measured ---------------------------------------------------------------------------------
+
+# A quantized graph (or a quantized stage pair) is lossy, so it is measured, not verified: its output cosine and
+# top-1 agreement with the graph it comes from. It stops the run only on a gross failure that quantization cannot
+# produce and a miswired graph does: NaN or Inf outputs, an output shape other than its reference's, or a mean
+# output cosine below FLOOR_COSINE. Quantization keeps outputs pointing the same way (real weights, DINOv2-S/14 on
+# 22 photos: INT8 0.985 mean cosine to FP32, VWT+INT8 0.927, an INT8 stage pair 0.995 to its one graph, whose max
+# relative error was 1.9e-1); swapped tensors, scrambled outputs or wrong scales give outputs unrelated to the
+# reference, with a cosine near 0 or below. 0.5 lies far from both.
+FLOOR_COSINE = 0.5
+
+
+@dataclass
+class Measurement:
+    """A lossy graph against its reference, over the verification images (summary.json's and report.json's
+    `measured`)."""
+
+    file: str  # the graph, or "TOKENIZE + TRUNK" for a stage pair
+    against: str  # the reference: the FP32 graph it was quantized from, or the one graph a pair was split from
+    images: int
+    cosine_mean: float
+    cosine_min: float
+    top1_agreement: float | None  # None: the model has no classifier head
+    max_rel_err: float  # for information only: single quantization flips make it large while the outputs agree
+
+
+def measure_lossy(file: str, against: str, expected: np.ndarray, actual: np.ndarray, headless: bool) -> Measurement:
+    """`actual` (a lossy graph's outputs) against `expected` (its reference's, on the same images); VWTError on
+    a gross failure (see FLOOR_COSINE)."""
+    from .accuracy import cosine_similarities, top1_agreement
+
+    if actual.shape != expected.shape:
+        raise VWTError(f"{file}: output shape {actual.shape} differs from {against}'s {expected.shape}; the graph is "
+                       "miswired")
+    if not np.isfinite(actual).all():
+        raise VWTError(f"{file}: its outputs hold NaN or Inf ({against}'s do not); the graph is miswired")
+    per_image = cosine_similarities(expected, actual).reshape(len(actual), -1).mean(axis=1)
+    m = Measurement(file, against, len(actual), float(per_image.mean()), float(per_image.min()),
+                    None if headless else top1_agreement(expected, actual), relative_error(expected, actual, file))
+    if not m.cosine_mean >= FLOOR_COSINE:
+        raise VWTError(f"{file}: the mean cosine of its outputs to {against}'s is {m.cosine_mean:.3f}, under the "
+                       f"{FLOOR_COSINE} floor that quantization stays far above; the graph is miswired")
+    return m

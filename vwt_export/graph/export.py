@@ -26,6 +26,7 @@ import torch.nn as nn
 from ..atomic import atomic_path
 from ..errors import VWTError
 from ..models import embed_tokens, patch_tokens
+from ..version import __version__
 
 DEFAULT_OPSET = 18
 INPUT_NAME, OUTPUT_NAME, TOKENS_NAME = "pixels", "logits", "tokens"
@@ -73,6 +74,13 @@ def cast_model(model: nn.Module, precision: str) -> nn.Module:
         if hasattr(model, attr):
             setattr(cast, attr, getattr(model, attr))
     return cast.eval()
+
+
+def float32_in(model: nn.Module):
+    """The model taking float32 pixels whatever its dtype, as its ONNX export does (the torch reference of a
+    float16 graph)."""
+    dtype = model.patch_embed.proj.weight.dtype
+    return model if dtype == torch.float32 else (lambda pixels: model(pixels.to(dtype)))
 
 
 def _export(module: nn.Module, example: torch.Tensor, in_name: str, out_name: str, seq_dynamic: bool,
@@ -124,15 +132,9 @@ def export_model(model: nn.Module, opset: int = DEFAULT_OPSET, exporter: str = "
     opsets = {(o.domain or ""): o.version for o in merged.opset_import}  # merge_models may list a domain twice
     del merged.opset_import[:]
     merged.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in sorted(opsets.items()))
-    merged.producer_name, merged.producer_version = "vwt-export", _version()
+    merged.producer_name, merged.producer_version = "vwt-export", __version__
     onnx.checker.check_model(merged)
     return merged
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def save_model(proto: onnx.ModelProto, path: str | os.PathLike) -> Path:

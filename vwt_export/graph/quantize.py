@@ -23,7 +23,7 @@ through their portable bodies, so no op library is needed for it.
 Matching stays float by default. The word-similarity MatMul ("vwt/similarity") is excluded from quantization
 unless `quantize_similarity=True`, and the matching reads the float pixels rather than the INT8 round trip the
 quantizer puts in front of the patch Conv. Otherwise the keys change. Measured with
-`python -m vwt_export.graph.quantize deit_t` (and `deit_s`): random weights, 64 demo images (32 calibrate the
+`python scripts/bench_similarity.py deit_t` (and `deit_s`): random weights, 64 demo images (32 calibrate the
 vocabulary and the INT8 ranges, 32 are measured = 6272 keys), a ~1000-word image-space vocabulary, threshold
 0.1, ~42% of the patches matched:
   similarity float (default):  0 keys changed against FP32 (deit_t, deit_s); logits cosine to FP32 0.9987
@@ -163,62 +163,3 @@ def _drop_unused_nodes(model: onnx.ModelProto) -> None:
             return
         for node in dead:
             model.graph.node.remove(node)
-
-
-def _measure_similarity_quantization(name: str = "deit_t", images: int = 64, vocab_size: int = 1000,
-                                     threshold: float = 0.1) -> None:
-    """Print how many keys change against FP32 when the similarity MatMul is quantized (and when it is not),
-    with random weights and the demo images: half calibrate (vocabulary and INT8 ranges), half are measured."""
-    import time
-
-    import torch
-
-    from .. import models
-    from ..backends.onnxruntime import create_session
-    from ..data import iter_image_batches, list_images
-    from ..demo import write_demo_images
-    from ..vwt import learn_vocabulary
-    from ..vwt.features import image_patches
-    from ..vwt.inter import near_ties, normalized_words
-    from .export import export_model
-    from .surgery import apply_vwt, make_portable
-
-    model = models.load_model(name, weights="random")
-    with tempfile.TemporaryDirectory() as tmp:
-        files = list_images(write_demo_images(tmp, count=images, size=256, seed=0))
-        batches = [b for b, _ in iter_image_batches(files, models.transform(model), 16)]
-    calib, test = torch.cat(batches[: len(batches) // 2]), torch.cat(batches[len(batches) // 2:])
-    vocab = learn_vocabulary(model, [calib], vocab_size, progress=False)
-    vwt = apply_vwt(export_model(model), "inter", vocab=vocab.words.numpy(), threshold=threshold,
-                    pooling=model.global_pool)
-    vwt.graph.output.append(onnx.helper.make_tensor_value_info(ops.KEYS_TENSOR, onnx.TensorProto.INT64, None))
-    forms = {"fp32": make_portable(vwt)}
-    for q in (False, True):
-        forms[f"int8 (similarity {'quantized' if q else 'float'})"] = quantize_int8(
-            vwt, [calib[i : i + 8].numpy() for i in range(0, len(calib), 8)], portable=True, quantize_similarity=q)
-    x = test.numpy()
-    out = {}
-    for form, m in forms.items():
-        session = create_session(m)
-        out[form] = session.run(None, {"pixels": x})
-        start = time.perf_counter()
-        for i in range(len(x)):
-            session.run(None, {"pixels": x[i : i + 1]})
-        out[form].append((time.perf_counter() - start) / len(x) * 1e3)
-    logits0, keys0, _ = out["fp32"]
-    matched = (keys0 < vocab.words.shape[0]).mean()
-    ties = near_ties(image_patches(test, models.patch_size(model)), normalized_words(vocab.words), threshold).numpy()
-    print(f"{name}, random weights, {len(x)} demo images, {vocab.words.shape[0]} words, threshold {threshold}: "
-          f"{keys0.size} keys, {matched:.1%} matched, {int(ties.sum())} near ties ({ties.mean():.2%})")
-    for form, (logits, keys, ms) in out.items():
-        cos = float((logits * logits0).sum() / np.sqrt((logits ** 2).sum() * (logits0 ** 2).sum()))
-        changed = keys != keys0
-        print(f"  {form:30s} keys changed {int(changed.sum()):5d} ({changed.mean():.2%}; "
-              f"{int((changed & ties).sum())} at near ties), logits cosine to FP32 {cos:.4f}, "
-              f"{ms:.1f} ms/image (batch 1, portable form, shared CPU: indicative only)")
-
-
-if __name__ == "__main__":  # python -m vwt_export.graph.quantize [model]
-    import sys
-
-    _measure_similarity_quantization(*sys.argv[1:2])

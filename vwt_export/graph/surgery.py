@@ -13,7 +13,10 @@ Inter mode inserts the matching in standard ops (normalise, MatMul "vwt/similari
 words, ArgMax/ReduceMax, Where) whose keys (the tensor "vwt/keys") feed one vwt::TokenMerge node (ops v2).
 
 Each pass is a function registered on gs.Graph and ends in cleanup().toposort(), as in onnx-graphsurgeon's
-examples. `apply_vwt` chains them.
+examples. `token_pass` is the frame of a method's graph pass (find the sequence, insert, export); `inter_graph` and
+`intra_graph` are the passes of the methods registry (vwt_export.methods), which passes checked options and what
+its torch model derived from them (normalised words, grid_w); `apply_vwt` does the same by mode name from raw
+words, for callers without a torch model.
 """
 
 from __future__ import annotations
@@ -26,11 +29,11 @@ import onnx_graphsurgeon as gs
 import torch
 
 from ..errors import VWTError
-from ..vwt.inter import cosine_threshold, normalized_words
+from ..vwt import defaults
+from ..vwt.inter import cosine_threshold, grid_width, normalized_words
 from ..vwt.merge import PAD_BIAS
 from . import ops
 
-GROUPINGS = ("global", "local")
 SIMILARITY_NODE = "vwt/similarity"  # the [B*N, F] x [F, V] product; quantize.py leaves it in float by default
 NORM_EPS = 1e-12  # F.normalize's clamp on the norm
 
@@ -224,16 +227,16 @@ def unit_vocabulary(vocab: np.ndarray) -> np.ndarray:
 
 
 @gs.Graph.register()
-def vwt_insert_inter(self: gs.Graph, site: TokenSite, vocab: np.ndarray, threshold: float, space: str = "image",
-                     grouping: str = "global") -> gs.Variable:
-    """tokens -> matching (standard ops) + TokenMerge -> merged tokens. Returns the `sizes` tensor."""
+def vwt_insert_inter(self: gs.Graph, site: TokenSite, unit_words: np.ndarray, threshold: float, space: str = "image",
+                     grid_w: int = 0) -> gs.Variable:
+    """tokens -> matching (standard ops, against unit-norm words) + TokenMerge -> merged tokens. Returns the
+    `sizes` tensor."""
     width = site.channels * site.patch_size ** 2 if space == "image" else site.embed_dim
-    if np.ndim(vocab) != 2 or np.shape(vocab)[1] != width:
-        raise VWTError(f"the vocabulary's words have shape {np.shape(vocab)[1:]}, but the graph's {space}-space patch "
-                       f"features have {width} values; learn the vocabulary for this model and space")
+    if np.ndim(unit_words) != 2 or np.shape(unit_words)[1] != width:
+        raise VWTError(f"the vocabulary's words have shape {np.shape(unit_words)[1:]}, but the graph's {space}-space "
+                       f"patch features have {width} values; learn the vocabulary for this model and space")
     feats = _patch_features(self, site, space)
-    keys = _match_nodes(self, feats, unit_vocabulary(vocab), threshold, site.num_patches)
-    grid_w = site.grid[1] if grouping == "local" else 0
+    keys = _match_nodes(self, feats, unit_words, threshold, site.num_patches)
     tm = _token_merge_node(self, site.tokens, keys, site.num_prefix, grid_w, site.pixels.shape[0], site.embed_dim)
     replace_uses(site.tokens, tm.outputs[0], except_nodes=(tm,))
     self.cleanup().toposort()
@@ -390,46 +393,66 @@ def vwt_forget_shapes(self: gs.Graph) -> None:
     self.cleanup().toposort()
 
 
-def apply_vwt(model: onnx.ModelProto, mode: str, *, vocab: np.ndarray | None = None, threshold: float = 0.1,
-              keep: int | None = None, space: str = "image", prop_attn: bool = False,
-              pooling: str | None = None, grouping: str = "global") -> onnx.ModelProto:
-    """The baseline model -> the VWT model: matching in standard ops (its keys in the tensor "vwt/keys") and a
-    vwt::TokenMerge node (no function body attached: make_portable adds it).
-
-    `grouping="local"` (inter only) splits groups into 4-connected components on the patch grid (grid_w = the
-    grid's width).
-
-    `pooling` is the model's global pool ('token', 'avg', 'max', 'avgmax'); when it averages, the pass that
-    weights the pooling by token size must have found the reduction, or the result would be wrong.
-    """
-    if grouping not in GROUPINGS:
-        raise VWTError(f"unknown grouping '{grouping}' (use one of {', '.join(GROUPINGS)})")
-    if grouping == "local" and mode != "inter":
-        raise VWTError(f"grouping='local' applies to inter mode only, not '{mode}'")
+def token_pass(model: onnx.ModelProto, insert) -> onnx.ModelProto:
+    """The baseline model with its token sequence compressed by `insert(graph, site)`: a pass that adds nodes
+    reading `site.tokens` and redirects the blocks to its output (replace_uses). The frame of every method's
+    graph pass: the sequence found by structure, its length checked to be dynamic, stale shapes dropped after."""
     graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))  # static shapes locate the sequence
     site = graph.vwt_find_tokens()
     graph.vwt_check_dynamic_sequence(site)
-    if mode == "inter":
-        if vocab is None:
-            raise VWTError("inter mode needs a vocabulary")
-        sizes = graph.vwt_insert_inter(site, vocab, threshold, space, grouping)
-        graph.vwt_attention_bias(site, sizes, prop_attn)
-        pooled = graph.vwt_weighted_pooling(site, sizes)
-        if pooling in ("avg", "max", "avgmax") and pooled == 0:
-            raise VWTError(f"the model pools tokens ('{pooling}') but no token reduction was found in the graph")
-    elif mode == "intra":
-        if keep is None:
-            raise VWTError("intra mode needs keep (a patch count)")
-        graph.vwt_insert_intra(site, keep, space)
-    else:
-        raise VWTError(f"graph surgery has nothing to do for mode '{mode}'")
+    insert(graph, site)
     graph.vwt_forget_shapes()
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
-    if mode == "inter":
+    if any(n.domain == ops.DOMAIN for n in out.graph.node):
         _set_vwt_opset(out)
     out.producer_name, out.producer_version = model.producer_name, model.producer_version
     return out
+
+
+def _insert_inter(graph: gs.Graph, site: TokenSite, unit_words: np.ndarray, threshold: float, space: str,
+                  grid_w: int, prop_attn: bool, pooling: str | None) -> None:
+    sizes = graph.vwt_insert_inter(site, unit_words, threshold, space, grid_w)
+    graph.vwt_attention_bias(site, sizes, prop_attn)
+    pooled = graph.vwt_weighted_pooling(site, sizes)
+    if pooling in ("avg", "max", "avgmax") and pooled == 0:
+        raise VWTError(f"the model pools tokens ('{pooling}') but no token reduction was found in the graph")
+
+
+def inter_graph(model: onnx.ModelProto, unit_words: np.ndarray, threshold: float, *, space: str = "image",
+                grid_w: int = 0, prop_attn: bool = False, pooling: str | None = None) -> onnx.ModelProto:
+    """The baseline model -> the inter-mode VWT model: matching in standard ops against `unit_words` (unit norm,
+    as the torch reference holds them; its keys in the tensor "vwt/keys") and a vwt::TokenMerge node (no function
+    body attached: make_portable adds it), splitting groups into 4-connected components when grid_w > 0.
+
+    `pooling` is the model's global pool ('token', 'avg', 'max', 'avgmax'); when it averages, the pass that
+    weights the pooling by token size must have found the reduction, or the result would be wrong."""
+    return token_pass(model, lambda graph, site: _insert_inter(graph, site, unit_words, threshold, space, grid_w,
+                                                               prop_attn, pooling))
+
+
+def intra_graph(model: onnx.ModelProto, keep: int, *, space: str = "image") -> onnx.ModelProto:
+    """The baseline model -> the intra-mode VWT model, keeping `keep` patches (a count) in standard ops."""
+    return token_pass(model, lambda graph, site: graph.vwt_insert_intra(site, keep, space))
+
+
+def apply_vwt(model: onnx.ModelProto, mode: str, *, vocab: np.ndarray | None = None,
+              threshold: float = defaults.THRESHOLD, keep: int | None = None, space: str = "image",
+              prop_attn: bool = defaults.PROP_ATTN, pooling: str | None = None,
+              grouping: str = defaults.GROUPING) -> onnx.ModelProto:
+    """inter_graph or intra_graph by mode name, from raw words (normalised here) and a grouping (global, or local:
+    grid_w = the graph's patch grid width). Options are taken as given: vwt_export.methods checks them."""
+    if mode == "inter":
+        if vocab is None:
+            raise VWTError("inter mode needs a vocabulary")
+        words = unit_vocabulary(vocab)
+        return token_pass(model, lambda graph, site: _insert_inter(
+            graph, site, words, threshold, space, grid_width(grouping, site.grid), prop_attn, pooling))
+    if mode == "intra":
+        if keep is None:
+            raise VWTError("intra mode needs keep (a patch count)")
+        return intra_graph(model, keep, space=space)
+    raise VWTError(f"graph surgery has nothing to do for mode '{mode}'")
 
 
 def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:

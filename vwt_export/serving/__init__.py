@@ -4,8 +4,9 @@
     write_repository(Path("OUT"))           # OUT/triton/: Python-backend, onnxruntime and tensorrt models
     serve                                   # the click command behind `vwt-export serve OUT/triton`
 
-Running a server needs the optional extra: pip install 'vwt-export[serving]' (nvidia-pytriton's tritonserver,
-tritonclient). Writing a repository needs nothing beyond vwt-export.
+Running a server needs nvidia-pytriton's tritonserver and tritonclient: `make setup` installs them, elsewhere
+scripts/install_serving.sh (the 'serving' extra installs them too, but downgrades numpy below 2 through
+nvidia-pytriton's pin). Writing a repository needs nothing beyond vwt-export.
 """
 
 from .cli import serve

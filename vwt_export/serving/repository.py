@@ -9,8 +9,9 @@ Models written (each MODEL/config.pbtxt + MODEL/1/<file>, configs checked by our
                                   (length-aware batching when model.vwt.tokenize.onnx + model.vwt.trunk.onnx exist).
                                   These serve on the tritonserver of the nvidia-pytriton wheel (`vwt-export serve`).
     baseline_ort, vwt_ort, ...    onnxruntime backend, one per graph (model.onnx, model.vwt.onnx, INT8 twins); the
-                                  custom-op graphs name the vwt op library in model_operations { op_library_filename },
-                                  the portable ones (vwt_portable_ort) need no library at all.
+                                  custom-op graphs name the repository's copy of the vwt op library, by absolute path,
+                                  in model_operations { op_library_filename }; the portable ones (vwt_portable_ort)
+                                  need no library at all.
     vwt_fp16_trt, ...             tensorrt backend, one per engine (MODEL/1/model.plan). The vwt TensorRT plugin is
                                   loaded by the server, not by a model: README.md in the repository gives the
                                   --backend-config=tensorrt,plugins=... line.
@@ -23,6 +24,12 @@ variable-size input (the trunk's tokens [T, D]) differ in shape only if the mode
 trunk graph does not; so the trunk would batch only images with exactly equal token counts, and a batched tokenizer
 pads each request's tokens to the longest of its batch anyway. The runtime's cost-model sub-batching, inside one
 Python-backend model, is what keeps VWT's saving at batch > 1.
+
+Library paths. Triton's onnxruntime backend hands each op_library_filename to ONNX Runtime's RegisterCustomOpsLibrary,
+which dlopen()s it: an absolute path loads whatever the server's working directory; a relative one containing a "/"
+is resolved against the server's working directory (not the model folder), and a bare file name is searched on
+LD_LIBRARY_PATH. So the configs name the copy in <repository>/lib by absolute path, and the repository's README says
+what to change when the server sees the repository at another path (a container mount).
 
 Defaults, and why: max_batch_size 32 and preferred sizes 8, 16, 32 match the batch sizes the benchmarks time;
 a 2 ms max queue delay lets concurrent requests meet in one batch at a latency cost small next to a ViT forward
@@ -212,13 +219,13 @@ def write_repository(out_dir: Path, files: Iterable[str | os.PathLike] | None = 
         from .. import plugins
 
         src = Path(op_library) if op_library else plugins.ort_library()
-        lib_copy = root / "lib" / src.name
+        lib_copy = (root / "lib" / src.name).resolve()  # absolute: see "Library paths" in the module docstring
         _place(src, lib_copy, link=False)
     plugin_copy = None
     if engines:
         src_plugin = Path(trt_plugin) if trt_plugin else _optional_trt_plugin()
         if src_plugin is not None:
-            plugin_copy = root / "lib" / src_plugin.name
+            plugin_copy = (root / "lib" / src_plugin.name).resolve()
             _place(src_plugin, plugin_copy, link=False)
 
     # Python backend: the baseline and VWT through vwt_export.runtime
@@ -244,7 +251,8 @@ def write_repository(out_dir: Path, files: Iterable[str | os.PathLike] | None = 
     for graph in whole:
         name = model_name(graph, "ort")
         lib = lib_copy if graph in needs_lib else None
-        note = (f"vwt custom ops from {lib.name} (model_operations); that file must exist at this path on the server."
+        note = (f"vwt custom ops from {lib.name} (model_operations), named by absolute path: it must exist at that "
+                "path on the server (README.md)."
                 if lib else "standard ONNX ops only: any Triton onnxruntime backend runs it.")
         _write_model(root, ort_config(name, graph_io(graph), s, lib), {"model.onnx": graph},
                      f"{name}: {graph.name} on Triton's onnxruntime backend; {note}\n"
@@ -305,23 +313,35 @@ def _optional_trt_plugin() -> Path | None:
 
 def _readme(root: Path, models: list[str], lib: Path | None, plugin: Path | None) -> str:
     python = [m for m in models if m.endswith("_python")]
+    where = root.resolve()
     lines = [
         README_TITLE, "",
         "Models: " + ", ".join(models) + ".", "",
         "## Serve here (the Python-backend models)", "",
-        "    pip install 'vwt-export[serving]'",
-        f"    vwt-export serve {root}", "",
+        f"    vwt-export serve {where}", "",
         f"`serve` starts the tritonserver of the nvidia-pytriton wheel on 127.0.0.1 and loads {', '.join(python)};",
-        "the wheel's server has only the Python backend, so the onnxruntime/tensorrt models are skipped there.", "",
+        "the wheel's server has only the Python backend, so the onnxruntime/tensorrt models are skipped there.",
+        "In a vwt-export checkout `make setup` has installed that server into .venv/ (run `. .venv/bin/activate`",
+        "first, or call .venv/bin/vwt-export); elsewhere install it with vwt-export's scripts/install_serving.sh,",
+        "which keeps numpy 2 (`pip install 'vwt-export[serving]'` works too, but nvidia-pytriton's numpy<2 pin",
+        "downgrades numpy under torch and ONNX Runtime).", "",
         "## Serve in production (a Triton container with the onnxruntime and tensorrt backends)", "",
-        "The *_python models need `pip install vwt-export` in the container's Python.",
+        "The *_python models need vwt-export installed in the container's Python: its wheel (`make wheel` in a",
+        "checkout) carries the op library, so `pip install vwt_export-*.whl` is enough.",
     ]
     if lib is not None:
-        lines += [f"The *_ort models with vwt ops name the op library by absolute path ({lib}): mount the",
-                  "repository at the same path, or edit op_library_filename in their config.pbtxt."]
+        lines += [f"The *_ort models with vwt ops name the op library by absolute path, {lib}",
+                  "(model_operations { op_library_filename } in their config.pbtxt). Triton's onnxruntime backend",
+                  "passes that string to ONNX Runtime, which dlopen()s it: an absolute path works whatever folder the",
+                  "server starts in; a relative one would be resolved against the server's working directory, not the",
+                  "model folder. Where the server sees this repository at another path (a container mount such as",
+                  "/models), replace the path in those configs with the library's path there, e.g.",
+                  f"/models/lib/{lib.name}; or write the bare name {lib.name} and start the server with",
+                  "LD_LIBRARY_PATH=/models/lib."]
     plug = plugin or "/path/to/libvwt_trt_plugin.so"
     lines += ["", "    tritonserver --model-repository=/models \\",
               f"        --backend-config=tensorrt,plugins=\"{plug}\"", "",
-              "The TensorRT plugin is loaded by the server (it is not a model setting); LD_PRELOAD works too.",
+              "The TensorRT plugin is loaded by the server (it is not a model setting); LD_PRELOAD works too. Its path",
+              "above is where it lies now; in a container, use its path there (/models/lib/... when mounted at /models).",
               "The tensorrt and onnxruntime configs are checked by vwt-export's parser but UNVERIFIED on a server.", ""]
     return "\n".join(lines)

@@ -34,9 +34,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import VWTError
 from . import pbtxt
+from .watchdog import group_members
 
 HOST = "127.0.0.1"  # never another address: the server is for this machine; put a proxy in front to expose it
 EXTRA = "pip install 'vwt-export[serving]'"
@@ -96,7 +98,20 @@ def repository_models(repository: Path) -> dict[str, dict]:
         raise VWTError(f"{repository}: not a folder; write a model repository with vwt-export --triton first")
     models = {}
     for config_file in sorted(repository.glob("*/config.pbtxt")):
-        config = pbtxt.loads(config_file.read_text(), str(config_file))
+        if not config_file.is_file():
+            raise VWTError(f"{config_file}: not a file (a config.pbtxt is Triton's text model configuration); "
+                           "write the repository again with vwt-export --triton")
+        try:
+            text = config_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise VWTError(f"{config_file}: not text (byte {e.start} is not UTF-8), so not a model configuration; "
+                           "write the repository again with vwt-export --triton") from None
+        except OSError as e:
+            raise VWTError(f"{config_file}: cannot be read ({e.strerror or e})") from None
+        if "\x00" in text:
+            raise VWTError(f"{config_file}: holds NUL bytes, so it is not a text model configuration; write the "
+                           "repository again with vwt-export --triton")
+        config = pbtxt.loads(text, str(config_file))
         pbtxt.check_model_config(config, str(config_file), config_file.parent.name)
         models[config.get("name", config_file.parent.name)] = config
     if not models:
@@ -123,17 +138,34 @@ def loadable(models: dict[str, dict], backends: set[str]) -> tuple[list[str], di
     return ok, skipped
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is `pgid`."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                stat = (proc / "stat").read_text()
-                fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm)": state, ppid, pgrp, ...
-                if int(fields[2]) == pgid and fields[0] != "Z":
-                    out.append(int(proc.name))
-    return out
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def parent_death_guard(parent: int) -> Callable[[], None]:
+    """A preexec_fn for the server: the kernel SIGTERMs it when the thread that started it ends (watchdog.py is the
+    second guard), and it ends at once if `parent` is already gone.
+
+    PR_SET_PDEATHSIG follows the starting *thread*, not its process: start the server from a thread that lives as
+    long as the server should (`serve` starts it from the main thread). prctl is looked up here, in the parent:
+    the forked child only calls that pointer, because a dlopen or dlsym there (ctypes.CDLL) could deadlock on a
+    loader lock that another thread of the parent (torch's) held at the fork."""
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+        prctl.restype = ctypes.c_int
+    except (OSError, AttributeError):  # no prctl (not Linux): the watchdog alone
+        prctl = None
+    sigterm = int(signal.SIGTERM)
+
+    def guard() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return guard
 
 
 class TritonServer:
@@ -171,9 +203,15 @@ class TritonServer:
         self.http_port, self.grpc_port, self.metrics_port = chosen
         self.log_verbose = log_verbose
         self.process: subprocess.Popen | None = None
+        self.watchdog: subprocess.Popen | None = None
+        self._watch_fd: int | None = None  # the pipe whose closing (a stop, or this process's death) wakes it
         self.workdir: Path | None = None
         self.log_path: Path | None = None
         self.final_log = ""  # the log's end, kept when stop() removes the work folder
+        # files that differ from the manifest of the export folder holding the repository (vwt_export.outdir)
+        from ..outdir import manifest_problems
+
+        self.warnings = manifest_problems(sorted(p for p in self.repository.rglob("*") if p.is_file()))
 
     http_url = property(lambda self: f"http://{HOST}:{self.http_port}")
     grpc_url = property(lambda self: f"{HOST}:{self.grpc_port}")
@@ -209,16 +247,39 @@ class TritonServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="vwt-triton-"))
         self.log_path = self.workdir / "tritonserver.log"
         cmd = self.command(self._backend_dir())
+        guard = parent_death_guard(os.getpid())
         with open(self.log_path, "wb") as log:
-            # a session of its own: stop() can end the server and its Python backend stubs as one group
+            # a session of its own: stop() can end the server and its Python backend stubs as one group; and it
+            # ends when this process does, by the kernel's parent-death signal and by the watchdog
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=self._env(), start_new_session=True)
+                                            env=self._env(), start_new_session=True,
+                                            preexec_fn=guard)
+        self._start_watchdog()
         try:
             self.wait_ready(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_watchdog(self) -> None:
+        """watchdog.py, in a session of its own, holding the read end of a pipe only this process writes to."""
+        read_fd, self._watch_fd = os.pipe()
+        try:
+            self.watchdog = subprocess.Popen(
+                [sys.executable, "-I", str(Path(__file__).with_name("watchdog.py")), str(self.process.pid),
+                 str(read_fd)], pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                start_new_session=True)
+        finally:
+            os.close(read_fd)
+
+    def _release_watchdog(self) -> None:
+        if self._watch_fd is not None:
+            os.close(self._watch_fd)  # EOF: it finds the group empty and exits
+            self._watch_fd = None
+        if self.watchdog is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.watchdog.wait(10)
 
     def log_tail(self, lines: int = 25) -> str:
         if self.log_path is None or not self.log_path.is_file():
@@ -293,6 +354,7 @@ class TritonServer:
         if self.pids():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
+        self._release_watchdog()
         code = self.process.returncode
         if self.workdir is not None:
             self.final_log = self.log_tail(200)

@@ -17,6 +17,7 @@ as the module is configured), so r=0 gives exactly model(x).
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -25,8 +26,10 @@ import torch.nn.functional as F
 
 from .. import models as _models
 from ..errors import VWTError
-from ..vwt.merge import pool_tokens
+from ..heads import forward_head
 from .merge import bipartite_matching, decision_margin, merge_tokens, parse_r, proportional_bias, token_schedule
+
+log = logging.getLogger(__name__)
 
 
 def check_supported(model: nn.Module) -> None:
@@ -88,8 +91,8 @@ def tome_block(blk: nn.Module, x: torch.Tensor, size: torch.Tensor | None, r: in
 
 class ToMeViT(nn.Module):
     """The ToMe model. Static facts (no forward needed): `tokens_in` = P + N, `block_tokens[i]` = tokens block i's
-    attention sees (P + N - r*i until r is clamped), `block_r[i]` = tokens block i merges, `tokens_out`,
-    `mean_tokens` = mean of block_tokens. After each call `last_token_counts` holds mean_tokens per image
+    attention sees (P + N - r*i until r is clamped), `block_r[i]` = tokens block i merges (`r_capped`: whether the
+    r asked for was cut to that), `tokens_out`, `mean_tokens` = mean of block_tokens. After each call `last_token_counts` holds mean_tokens per image
     (float; every image has the same schedule), the figure the reports compare with VWT's tokens per block."""
 
     def __init__(self, model: nn.Module, r: int | Sequence[int], prop_attn: bool = True):
@@ -101,8 +104,13 @@ class ToMeViT(nn.Module):
         self.num_patches = int(model.patch_embed.num_patches)
         self.tokens_in = self.num_prefix + self.num_patches
         self.r = r
-        self.block_tokens, self.block_r = token_schedule(self.tokens_in, self.num_prefix,
-                                                         parse_r(r, len(model.blocks)))
+        asked = parse_r(r, len(model.blocks))
+        self.block_tokens, self.block_r = token_schedule(self.tokens_in, self.num_prefix, asked)
+        self.r_capped = self.block_r != asked
+        if self.r_capped:
+            log.warning("r=%s asks for more merges than ToMe allows (at most half the non-prefix tokens of a block): "
+                        "merging %s tokens per block instead (tokens per block: %s)", r, _as_one(self.block_r),
+                        ", ".join(map(str, self.block_tokens)))
         self.tokens_out = self.tokens_in - sum(self.block_r)
         self.mean_tokens = sum(self.block_tokens) / max(len(self.block_tokens), 1)
         self.last_token_counts: torch.Tensor | None = None
@@ -137,18 +145,8 @@ class ToMeViT(nn.Module):
         return torch.stack(margins).min(dim=0).values.cpu()
 
     def forward_head(self, x: torch.Tensor, size: torch.Tensor | None) -> torch.Tensor:
-        m = self.model
-        if size is None or (m.attn_pool is None and m.global_pool == "token"):
-            return m.forward_head(x)  # prefix tokens are never merged, so the model's own head is exact
-        sizes = size[..., 0]
-        if m.attn_pool is not None:
-            if not m.pool_include_prefix:
-                x, sizes = x[:, self.num_prefix:], sizes[:, self.num_prefix:]
-            bias = proportional_bias(sizes[..., None]).to(x.dtype) if self.prop_attn else None
-            pooled = m.attn_pool(x, attn_mask=bias)
-        else:
-            pooled = pool_tokens(x, sizes, m.global_pool, self.num_prefix, m.pool_include_prefix)
-        return m.head(m.head_drop(m.fc_norm(pooled)))
+        return forward_head(self.model, x, None if size is None else size[..., 0], self.num_prefix,
+                            lambda s: proportional_bias(s[..., None]).to(x.dtype) if self.prop_attn else None)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels -> logits (or features for a headless model), the same shape as model(pixels)."""
@@ -162,3 +160,8 @@ def compress_tome(model: nn.Module, r: int | Sequence[int], prop_attn: bool = Tr
     """Wrap a timm ViT (from `load_model`) with ToMe: r tokens merged in every block (or one r per block),
     proportional attention unless prop_attn=False. The wrapper is in eval mode; the model is not modified."""
     return ToMeViT(model, r, prop_attn).eval()
+
+
+def _as_one(values: list[int]) -> int | list[int]:
+    """For messages: one number where every block merges alike."""
+    return values[0] if values and all(v == values[0] for v in values) else list(values)

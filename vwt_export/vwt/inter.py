@@ -145,6 +145,17 @@ def grid_neighbours(n: int, grid_w: int, device=None) -> torch.Tensor:
     return torch.stack([left, right, up, down], dim=1)
 
 
+GROUPINGS = ("global", "local")  # every patch matching a word merges; only 4-connected patches of a word merge
+
+
+def grid_width(grouping: str, grid: tuple[int, int]) -> int:
+    """The grid_w that token merging takes for a grouping on a patch grid (rows, columns): 0 for global
+    grouping, the grid's width for local grouping."""
+    if grouping not in GROUPINGS:
+        raise VWTError(f"unknown grouping {grouping!r} (use one of {', '.join(GROUPINGS)})")
+    return int(grid[1]) if grouping == "local" else 0
+
+
 def check_grid(num_patches: int, grid_w: int) -> None:
     if grid_w < 0 or (grid_w > 0 and num_patches % grid_w):
         raise VWTError(f"grid_w={grid_w} does not divide the {num_patches} patches into rows; local grouping "

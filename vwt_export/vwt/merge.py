@@ -2,13 +2,14 @@
 
 Every output token carries `size` = how many patches it stands for: 1 for prefix tokens, the group size for a
 merged token, 0 for padding. From it come the attention bias (key mask, optional proportional attention) and
-size-weighted pooling.
+size-weighted pooling (heads.py, shared with every method that merges tokens).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..heads import pool_tokens  # noqa: F401  (the size-weighted pooling, shared with ToMe, is read from here too)
 from .inter import dense_relabel
 
 # Added to the attention logits of padding keys. Finite so that no -inf arithmetic ever produces NaN, and
@@ -49,23 +50,3 @@ def attention_bias(sizes: torch.Tensor, prop_attn: bool = False, dtype: torch.dt
     bias = sizes.clamp(min=1.0).log() if prop_attn else torch.zeros_like(sizes)
     bias = torch.where(real, bias, torch.full_like(sizes, PAD_BIAS))
     return bias.to(dtype)[:, None, None, :]
-
-
-def pool_tokens(tokens: torch.Tensor, sizes: torch.Tensor, pool_type: str, num_prefix: int,
-                include_prefix: bool = False) -> torch.Tensor:
-    """timm's global pooling over a merged sequence: averages are size-weighted over real tokens (so they
-    approximate the uncompressed average), maxima ignore padding."""
-    if pool_type == "token":
-        return tokens[:, 0]
-    if not include_prefix:
-        tokens, sizes = tokens[:, num_prefix:], sizes[:, num_prefix:]
-    w = sizes.to(tokens.dtype).unsqueeze(-1)
-    avg = (tokens * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
-    if pool_type == "avg":
-        return avg
-    mx = tokens.masked_fill(w == 0, torch.finfo(tokens.dtype).min).amax(dim=1)
-    if pool_type == "max":
-        return mx
-    if pool_type == "avgmax":
-        return 0.5 * (avg + mx)
-    raise ValueError(f"unknown pool type {pool_type!r}")

@@ -17,23 +17,28 @@ import torch.nn as nn
 
 from .. import models as _models
 from ..errors import VWTError
-from .features import SPACES, flatten_patch_tokens, image_patches, check_image_size
-from .inter import match_keys, normalized_words
+from ..heads import forward_head
+from . import defaults
+from .features import flatten_patch_tokens, image_patches, check_image_size
+from .inter import grid_width, match_keys, near_ties, normalized_words
 from .intra import keep_indices, resolve_keep, select_tokens
-from .merge import attention_bias, pool_tokens, token_merge
+from .merge import attention_bias, token_merge
 from .vocab import Vocabulary
 
 MODES = ("none", "intra", "inter")
-GROUPINGS = ("global", "local")
 
 
 class CompressedViT(nn.Module):
     """The compressed model. After each call, `last_token_counts` holds the real tokens per image (prefix
-    tokens included; padding excluded) and `tokens_in` the uncompressed length P+N."""
+    tokens included; padding excluded) and `tokens_in` the uncompressed length P+N.
 
-    def __init__(self, model: nn.Module, mode: str, *, vocab: Vocabulary | None = None, threshold: float = 0.1,
-                 keep: int | float = 0.75, space: str | None = None, prop_attn: bool = False,
-                 grouping: str = "global"):
+    Options are taken as given: vwt_export.methods checks them (vx.compress goes through it). What is derived
+    from them and the model is derived here, once: `space`, `unit_words` (the normalised words, which the graph
+    pass reads too), `keep_count` and `grid_w`."""
+
+    def __init__(self, model: nn.Module, mode: str, *, vocab: Vocabulary | None = None, threshold: float = defaults.THRESHOLD,
+                 keep: int | float = defaults.KEEP, space: str | None = None, prop_attn: bool = defaults.PROP_ATTN,
+                 grouping: str = defaults.GROUPING):
         super().__init__()
         if mode not in MODES:
             raise VWTError(f"unknown mode '{mode}' (use one of {', '.join(MODES)})")
@@ -46,26 +51,17 @@ class CompressedViT(nn.Module):
         self.threshold = float(threshold)
         self.keep = keep
         self.space = space or (vocab.space if vocab is not None else "image")
-        if self.space not in SPACES:
-            raise VWTError(f"unknown feature space '{self.space}' (use one of {', '.join(SPACES)})")
         if mode == "intra":
-            resolve_keep(keep, self.num_patches)  # fail early on a bad value
+            self.keep_count = resolve_keep(keep, self.num_patches)  # fails early on a count the model cannot keep
         if mode == "inter":
             if vocab is None:
                 raise VWTError("inter mode needs a vocabulary (learn one with learn_vocabulary or pass --vocab FILE)")
             if vocab.space != self.space:
                 raise VWTError(f"vocabulary is in {vocab.space} space but space='{self.space}' was asked for")
-            if not 0.0 <= self.threshold <= 2.0:
-                raise VWTError(f"threshold={threshold} is out of range: cosine distance lies in [0, 2]")
             vocab.check_compatible(model)
             self.register_buffer("unit_words", normalized_words(vocab.words), persistent=False)
-        if grouping not in GROUPINGS:
-            raise VWTError(f"unknown grouping '{grouping}' (use one of {', '.join(GROUPINGS)})")
-        if grouping == "local" and mode != "inter":
-            raise VWTError(f"grouping='local' applies to inter mode only, not '{mode}'")
         self.grouping = grouping
-        # local grouping splits groups into 4-connected components on the patch grid, this many patches wide
-        self.grid_w = int(model.patch_embed.grid_size[1]) if grouping == "local" else 0
+        self.grid_w = grid_width(grouping, model.patch_embed.grid_size) if mode == "inter" else 0
         self.vocab = vocab
         self.tokens_in = self.num_prefix + self.num_patches
         self.last_token_counts: torch.Tensor | None = None
@@ -73,10 +69,6 @@ class CompressedViT(nn.Module):
     def extra_repr(self) -> str:
         return (f"mode={self.mode}, space={self.space}, threshold={self.threshold}, keep={self.keep}, "
                 f"prop_attn={self.prop_attn}, grouping={self.grouping}")
-
-    def _grid_w(self, pixels: torch.Tensor) -> int:
-        """The patch grid's width for these pixels when grouping locally, else 0."""
-        return pixels.shape[-1] // self.patch_size if self.grouping == "local" else 0
 
     @torch.no_grad()
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -93,6 +85,12 @@ class CompressedViT(nn.Module):
         if self.mode != "inter":
             raise VWTError(f"match() needs inter mode, this model is '{self.mode}'")
         return match_keys(self.features(pixels), self.unit_words, self.threshold)
+
+    @torch.no_grad()
+    def near_ties(self, pixels: torch.Tensor) -> torch.Tensor:
+        """pixels -> bool [B, N] (inter mode): patches whose match another correct implementation may make
+        differently (vwt_export.vwt.inter.near_ties)."""
+        return near_ties(self.features(pixels), self.unit_words, self.threshold)
 
     @torch.no_grad()
     def tokenize(self, pixels: torch.Tensor, keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -112,13 +110,12 @@ class CompressedViT(nn.Module):
         else:
             features = flatten_patch_tokens(patch_tokens)
         if self.mode == "intra":
-            k = resolve_keep(self.keep, features.shape[1])
-            return select_tokens(x, keep_indices(features, k), self.num_prefix), None
+            return select_tokens(x, keep_indices(features, self.keep_count), self.num_prefix), None
         if keys is None:
             keys = match_keys(features, self.unit_words, self.threshold)
         elif tuple(keys.shape) != tuple(features.shape[:2]):
             raise VWTError(f"keys have shape {tuple(keys.shape)}, expected {tuple(features.shape[:2])} (batch, patches)")
-        return token_merge(x, keys.to(device=x.device, dtype=torch.int64), self.num_prefix, self._grid_w(pixels))
+        return token_merge(x, keys.to(device=x.device, dtype=torch.int64), self.num_prefix, self.grid_w)
 
     @torch.no_grad()
     def forward_features(self, pixels: torch.Tensor,
@@ -137,16 +134,8 @@ class CompressedViT(nn.Module):
 
     @torch.no_grad()
     def forward_head(self, x: torch.Tensor, sizes: torch.Tensor | None) -> torch.Tensor:
-        m = self.model
-        if sizes is None or (m.attn_pool is None and m.global_pool in ("token", "")):
-            return m.forward_head(x)  # prefix tokens are untouched, so the model's own head is exact
-        if m.attn_pool is not None:
-            if not m.pool_include_prefix:
-                x, sizes = x[:, self.num_prefix:], sizes[:, self.num_prefix:]
-            pooled = m.attn_pool(x, attn_mask=attention_bias(sizes, self.prop_attn, x.dtype))
-        else:
-            pooled = pool_tokens(x, sizes, m.global_pool, self.num_prefix, m.pool_include_prefix)
-        return m.head(m.head_drop(m.fc_norm(pooled)))
+        return forward_head(self.model, x, sizes, self.num_prefix,
+                            lambda s: attention_bias(s, self.prop_attn, x.dtype))
 
     def forward(self, pixels: torch.Tensor, keys: torch.Tensor | None = None) -> torch.Tensor:
         """pixels -> logits; in inter mode, given `keys` [B, N] replace matching (to compare the continuous part
@@ -155,20 +144,16 @@ class CompressedViT(nn.Module):
         return self.forward_head(x, sizes)
 
 
-def compress(model: nn.Module, mode: str = "inter", *, vocab: Vocabulary | None = None, threshold: float = 0.1,
-             keep: int | float = 0.75, space: str | None = None, prop_attn: bool = False,
-             grouping: str = "global", r: int = 8) -> nn.Module:
-    """Wrap a timm ViT (from `load_model`) with token compression.
+def compress(model: nn.Module, mode: str = "inter", *, vocab: Vocabulary | None = None, threshold: float = defaults.THRESHOLD,
+             keep: int | float = defaults.KEEP, space: str | None = None, prop_attn: bool = defaults.PROP_ATTN,
+             grouping: str = defaults.GROUPING) -> CompressedViT:
+    """Wrap a timm ViT (from `load_model`) with VWT token compression, options unchecked (vx.compress checks
+    them, and builds every registered method: vwt_export.methods).
 
     mode="inter": merge patches matching the same word of `vocab` (cosine distance <= threshold).
     mode="intra": keep the `keep` highest-variance patches (a count, or a fraction of N).
-    mode="tome":  ToMe (vwt_export.tome): r merges in every block, always with proportional attention.
     mode="none":  the uncompressed model behind the same interface.
     grouping="local" (inter only): a group is split into its 4-connected components on the patch grid.
     """
-    if mode == "tome":
-        from ..tome import compress_tome
-
-        return compress_tome(model, r, prop_attn=True)
     return CompressedViT(model, mode, vocab=vocab, threshold=threshold, keep=keep, space=space,
                          prop_attn=prop_attn, grouping=grouping).eval()

@@ -89,6 +89,8 @@ class Vocabulary:
     def load(cls, path: str | os.PathLike, space: str | None = None) -> "Vocabulary":
         """Load our .safetensors files or the reference repo's bare vocab.pt (`space` defaults to image)."""
         path = Path(path)
+        if path.is_dir():
+            raise VWTError(f"{path}: a folder, not a vocabulary file; pass --vocab FILE, or --calib DIR to learn one")
         if not path.is_file():
             raise VWTError(f"{path}: no such vocabulary file; pass --vocab FILE, or --calib DIR to learn one")
         if path.suffix == ".safetensors":
@@ -117,11 +119,12 @@ class Vocabulary:
             raise VWTError(f"{path}: a safetensors file, but not a vwt-export vocabulary (no 'words' or metadata)") from None
         except Exception as e:
             raise VWTError(f"{path}: corrupt or unreadable vocabulary ({type(e).__name__}: {str(e)[:120]})") from None
-        if header.get("format") != FORMAT or header.get("version", 0) > VERSION:
-            raise VWTError(f"{path}: unsupported vocabulary format {header.get('format')} v{header.get('version')}")
+        header = _check_header(header, path)
         _check_words(words, str(path))
         if words.shape[1] != header.get("feature_dim", words.shape[1]):
             raise VWTError(f"{path}: words are {words.shape[1]} wide but the metadata says {header['feature_dim']}")
+        if header.get("size", words.shape[0]) != words.shape[0]:
+            raise VWTError(f"{path}: holds {words.shape[0]} words but the metadata says {header['size']}")
         known = {"format", "version", "space", "patch_size", "channels", "feature_dim", "size", "mean", "std"}
         return cls(
             words=words, space=header.get("space", "image"), patch_size=header.get("patch_size"),
@@ -179,6 +182,37 @@ class Vocabulary:
                 warnings.warn(f"embedding-space vocabulary was learned with other patch-embedding weights "
                               f"({self.meta.get('model')}, {self.meta.get('weights')}); matches may be poor",
                               stacklevel=2)
+
+
+def _check_header(header: Any, path: Path) -> dict:
+    """The metadata object of a vocabulary file, each known field of its documented type; one line otherwise."""
+    def bad(what: str) -> VWTError:
+        return VWTError(f"{path}: malformed vocabulary metadata ({what}); learn the vocabulary again (--calib DIR)")
+
+    if not isinstance(header, dict):
+        raise bad(f"a JSON {type(header).__name__}, not an object")
+    if header.get("format") != FORMAT:
+        raise VWTError(f"{path}: unsupported vocabulary format {header.get('format')!r} (expected {FORMAT!r})")
+    version = header.get("version", VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise bad(f"version {version!r} is not a number")
+    if version > VERSION:
+        raise VWTError(f"{path}: vocabulary format version {version}, newer than this vwt-export reads ({VERSION}); "
+                       "upgrade vwt-export")
+    if header.get("space", "image") not in SPACES:
+        raise bad(f"space {header.get('space')!r} is not one of {', '.join(SPACES)}")
+    for key in ("patch_size", "channels", "feature_dim", "size"):
+        value = header.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise bad(f"{key} {value!r} is not a positive whole number")
+    for key in ("mean", "std"):
+        value = header.get(key)
+        if value is not None and (not isinstance(value, list) or not value or
+                                  not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise bad(f"{key} {value!r} is not a list of numbers")
+    if not isinstance(header.get("source", {}), dict):
+        raise bad("source is not an object")
+    return header
 
 
 def _tuple(v) -> tuple[float, ...] | None:

@@ -1,0 +1,175 @@
+"""The methods registry: every option declared and checked once, and a new method is one module: this one
+registers a toy method ("drop every other patch") and gets it exported, quantized, verified, measured and reported
+by vx.export, with no other file changed."""
+
+import json
+import re
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+import torch
+
+import vwt_export as vx
+from vwt_export import methods
+from vwt_export.demo import write_demo_images
+from vwt_export.graph import ops
+from vwt_export.graph.surgery import replace_uses, token_pass
+from vwt_export.methods import registry
+from vwt_export.models import embed_tokens, patch_tokens
+
+
+@pytest.mark.parametrize("mode, options, message", [
+    ("intra", {"keep": 4, "grouping": "local"}, "grouping='local' applies to inter mode only, not 'intra'"),
+    ("intra", {"keep": 4, "grouping": "nearby"}, "unknown grouping 'nearby' (use one of global, local)"),
+    ("tome", {"threshold": 0.2}, "threshold=0.2 applies to inter mode only, not 'tome'"),
+    ("tome", {"space": "embed"}, "space='embed' applies to intra and inter modes only, not 'tome'"),
+    ("inter", {"threshold": float("nan")}, "threshold=nan is out of range: cosine distance lies in [0, 2]"),
+    ("tome", {"r": 2.5}, "r=2.5: expected a whole number"),
+    ("tome", {"r": True}, "r=True: expected a whole number"),
+    ("inter", {"treshold": 0.1}, "unknown option treshold=0.1: the inter mode takes threshold, grouping, space"),
+])
+def test_options_are_checked_once_by_the_method_that_owns_them(mode, options, message):
+    with pytest.raises(vx.VWTError, match="^" + re.escape(message)):
+        methods.spec(mode, **options)
+    with pytest.raises(vx.VWTError):  # the configuration asks the same registry (so the CLI and vx.export do)
+        vx.ExportConfig.from_options("deit_s", mode=mode, calib="c", **options)
+
+
+def test_defaults_come_from_the_registry_and_other_methods_defaults_are_harmless():
+    spec = methods.spec("intra", keep="147", threshold=0.1, r=8)  # the CLI passes every option, defaults included
+    assert dict(spec.values) == {"keep": 147, "space": None, "prop_attn": False}
+    assert methods.spec("inter").threshold == 0.1 and methods.spec("tome").r == 8
+    swept = methods.sweep_specs(methods.parse_sweep(["grouping=local", "r=2,3"]), methods.spec("inter", threshold=0.3))
+    assert [(s.method, dict(s.values)) for s in swept] == [
+        ("inter", {"threshold": 0.3, "grouping": "local", "space": None, "prop_attn": False}),  # the run's threshold
+        ("tome", {"r": 2, "prop_attn": False}), ("tome", {"r": 3, "prop_attn": False})]
+
+
+def test_an_option_is_declared_once(scratch_registry):
+    from vwt_export.methods.options import Option
+
+    class Copycat(methods.Method):
+        name = "copycat"
+        options = (Option("threshold", 0.2, "a second threshold"),)
+
+    with pytest.raises(ValueError, match="another option is already called 'threshold'"):
+        methods.register(Copycat)
+    assert "copycat" not in methods.names()
+
+
+# -- a toy method: one module's worth -------------------------------------------------------------------------
+
+STRIDE = methods.Option("stride", 2, "drop: keep every stride-th patch", kind=int, bounds=(1, None),
+                        why="keep every stride-th patch, stride >= 1")
+
+
+class EveryOther(torch.nn.Module):
+    """The torch reference: timm's blocks on the prefix tokens and every stride-th patch token."""
+
+    def __init__(self, model, stride: int):
+        super().__init__()
+        self.model, self.stride = model, stride
+        self.num_prefix = model.num_prefix_tokens
+        self.tokens_in = self.num_prefix + model.patch_embed.num_patches
+        self.last_token_counts = None
+
+    @torch.no_grad()
+    def forward(self, pixels):
+        m, p = self.model, self.num_prefix
+        x = embed_tokens(m, patch_tokens(m, pixels))
+        x = torch.cat([x[:, :p], x[:, p :: self.stride]], dim=1)
+        self.last_token_counts = torch.full((len(x),), x.shape[1])
+        return m.forward_head(m.norm(m.blocks(x)))
+
+
+def drop_patches(base: onnx.ModelProto, stride: int) -> onnx.ModelProto:
+    """The graph pass: a strided Slice of the patch tokens, named vwt/selected so the checks count its tokens."""
+
+    def insert(graph: gs.Graph, site):
+        C = lambda name, v: gs.Constant(f"drop/{name}", np.array(v, np.int64))  # noqa: E731
+        prefix, kept = gs.Variable("drop/prefix", dtype=site.tokens.dtype), gs.Variable("drop/kept", dtype=site.tokens.dtype)
+        selected = gs.Variable(ops.SELECTED_TENSOR, dtype=site.tokens.dtype)
+        slices = [gs.Node("Slice", inputs=[site.tokens, C("zero", [0]), C("p", [site.num_prefix]), C("ax", [1])],
+                          outputs=[prefix]),
+                  gs.Node("Slice", inputs=[site.tokens, C("p2", [site.num_prefix]), C("end", [ops.INT64_MAX]),
+                                           C("ax2", [1]), C("step", [stride])], outputs=[kept])]
+        graph.nodes += [*slices, gs.Node("Concat", inputs=[prefix, kept], outputs=[selected], attrs={"axis": 1})]
+        replace_uses(site.tokens, selected, except_nodes=tuple(slices))
+        graph.cleanup().toposort()
+
+    return token_pass(base, insert)
+
+
+class DropEveryOther(methods.Method):
+    name = variant = "drop"
+    summary = "keep every stride-th patch (a toy)"
+    options = (STRIDE,)
+    sweep_keys = ("stride",)
+
+    def build(self, model, spec, vocab=None):
+        return EveryOther(model, spec.stride).eval()
+
+    def graph(self, base, reference, spec):
+        return drop_patches(base, spec.stride)
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Methods registered in a test stay in it (the registry is restored after)."""
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    monkeypatch.setattr(registry, "_OPTIONS", dict(registry._OPTIONS))
+
+
+@pytest.fixture
+def toy(scratch_registry):
+    methods.register(DropEveryOther)
+    return DropEveryOther
+
+
+def test_a_method_may_take_other_methods_options(scratch_registry):
+    """A hybrid takes inter's options and ToMe's r: the same Option objects, so the same checks."""
+    from vwt_export.methods.inter import Inter
+    from vwt_export.methods.tome import R
+
+    @methods.register
+    class Both(methods.Method):
+        name = "both"
+        options = (*Inter.options, R)
+        sweep_keys = ("r",)
+
+    spec = methods.spec("both", threshold=0.2, grouping="local", r="4")
+    assert dict(spec.values) == {"threshold": 0.2, "grouping": "local", "space": None, "r": 4, "prop_attn": False}
+    with pytest.raises(vx.VWTError, match=re.escape("threshold=2.5 is out of range: cosine distance lies in [0, 2]")):
+        methods.spec("both", threshold=2.5)
+    with pytest.raises(vx.VWTError, match="grouping='local' applies to inter and both modes only, not 'intra'"):
+        methods.spec("intra", grouping="local")
+    assert [m.name for m in methods.swept({"r": (2,)})] == ["tome", "both"]
+
+
+def test_a_new_method_is_one_module_exported_verified_measured_and_reported(toy, tmp_path):
+    images = write_demo_images(tmp_path / "imgs", count=6, size=64)
+    result = vx.export("vit_tiny_patch16_224", mode="drop", stride=2, calib=images, batches=[1], reps=1,
+                       sweep=["stride=2,4"], out=tmp_path / "out", weights="random", progress=False,
+                       model_args={"img_size": 64, "depth": 1, "num_classes": 10})
+    assert {g.path.name for g in result.graphs} == {"model.onnx", "model.drop.onnx", "model.int8.onnx",
+                                                   "model.drop.int8.onnx"}
+    check = result.verification["model.drop.onnx"]
+    assert check["verified"] and check["max_rel_err"] < 1e-4
+    assert result.measured["model.drop.int8.onnx"]["against"] == "model.drop.onnx"
+    variants = result.report["variants"]
+    assert list(variants) == ["fp32", "int8", "drop", "drop+int8"]
+    assert variants["drop"]["tokens"]["mean"] == variants["drop+int8"]["tokens"]["mean"] == 1 + 16 // 2
+    assert variants["drop"]["method"] == "drop" and variants["drop"]["vwt"] is True
+    assert result.torch_check["tokens_mean"] == 9 and result.report["settings"]["stride"] == 2
+    ranked = {r["label"]: r for r in result.report["sweep"]["ranked"]}
+    assert ranked["drop stride=4"]["tokens"] == 1 + 16 // 4 and ranked["drop stride=4"]["file"] == "sweep/model.drop-stride4.onnx"
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "Mode **drop**, stride 2." in md and "| **drop+int8** |" in md
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["mode"] == "drop" and summary["settings"]["stride"] == 2
+    model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=64, depth=1)
+    assert vx.compress(model, "drop", stride=4)(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+    with pytest.raises(vx.VWTError, match="stride=0 is out of range"):
+        vx.compress(model, "drop", stride=0)

@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from vwt_export.backends.onnxruntime import create_session, needs_op_library, runner
+from vwt_export.backends.onnxruntime import OrtRunner, create_session, needs_op_library
 from vwt_export.errors import VWTError
 from vwt_export.graph import ops
 from vwt_export.graph.hybrid_export import check_against_torch, export_hybrid, read_metadata
@@ -79,7 +79,7 @@ def test_stages_compose_to_the_one_graph(exported, op_library):
     hmodel, proto, x = exported
     tokenize, trunk = split_stages(make_portable(proto))
     merged, sizes, counts = create_session(tokenize).run(None, {"pixels": x.numpy()})
-    whole = runner(proto)(x.numpy())
+    whole = OrtRunner(proto).infer(x.numpy())
     staged = create_session(trunk).run(None, {"vwt/merged": merged, "vwt/sizes": sizes})[0]
     assert np.abs(staged - whole).max() <= 1e-5 * np.abs(whole).max()
     longest = int(counts.max())
@@ -103,9 +103,9 @@ def test_int8_quantizes_the_weight_gemms_only(exported, op_library):
             assert not dq or from_weight, f"{node.name}: an activation x activation product was quantized"
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
     assert read_metadata(int8) == read_metadata(proto)
-    f32 = runner(proto, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).with_extras(x.numpy())
-    q = runner(int8, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).with_extras(x.numpy())
-    assert np.array_equal(f32[1], q[1]), "the matching stays float: INT8 must not change a key"
+    f32 = OrtRunner(proto, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).infer_extras(x.numpy())
+    q = OrtRunner(int8, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).infer_extras(x.numpy())
+    assert np.array_equal(f32[1][ops.KEYS_TENSOR], q[1][ops.KEYS_TENSOR]), "the matching stays float: INT8 must not change a key"
     cos = (f32[0] * q[0]).sum(1) / np.linalg.norm(f32[0], axis=1) / np.linalg.norm(q[0], axis=1)
     assert q[0].shape == f32[0].shape and (cos > 0.9).all()
 

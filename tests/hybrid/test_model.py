@@ -128,10 +128,11 @@ def test_prop_attn_changes_the_result(make_hybrid):
 def test_bad_options_are_one_clear_error(hybrid_models, hybrid_vocabs):
     model, vocab = hybrid_models["cls"], hybrid_vocabs["cls"]
     for options, message in [({"r": -1}, "non-negative"), ({"r": 0.75}, "fraction"), ({"r": [1, 2]}, "blocks"),
-                             ({"grouping": "nearby"}, "grouping"), ({"threshold": 3.0}, "threshold"),
-                             ({"tile": 1}, "tile"), ({"tile": 2.0}, "tile")]:
+                             ({"grouping": "nearby"}, "grouping"), ({"tile": 1}, "tile"), ({"tile": 2.0}, "tile")]:
         with pytest.raises(VWTError, match=message):
             compress_hybrid(model, vocab, **options)
+    with pytest.raises(VWTError, match="threshold=3.0 is out of range"):  # values are checked by the registry
+        vx.compress(model, "hybrid", vocab=vocab, threshold=3.0)
     with pytest.raises(VWTError, match="vocabulary"):
         compress_hybrid(model, None)
     headless_tokens = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=32, depth=1, num_classes=0,

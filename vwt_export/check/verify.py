@@ -104,9 +104,14 @@ def verify_graph(graph: Path | onnx.ModelProto, reference, pixels: torch.Tensor,
             actual = OrtRunner(graph).infer(x)
             expected = reference(pixels).float().cpu().numpy()
         clear = np.ones(len(x), dtype=bool)
-        if hasattr(reference, "decision_margins"):
-            clear = (reference.decision_margins(pixels) >= NEAR_TIE_EPS).cpu().numpy()
-            v.near_ties = v.images_with_near_ties = int((~clear).sum())
+        if hasattr(reference, "decision_margins"):  # given the graph's keys, where it has them (the hybrid's blocks)
+            margins = (reference.decision_margins(pixels, torch.from_numpy(keys).to(pixels.device)) if keyed
+                       else reference.decision_margins(pixels))
+            clear = (margins >= NEAR_TIE_EPS).cpu().numpy()
+            if keyed:  # near_ties stays the patches' count; an image may hold either kind
+                v.images_with_near_ties = int((ties.any(axis=1) | ~clear).sum())
+            else:
+                v.near_ties = v.images_with_near_ties = int((~clear).sum())
     relative_error(expected, actual, name)  # the shapes, whatever is compared
     v.max_rel_err = _check(relative_error(expected[clear], actual[clear], name), rtol, name) if clear.any() else 0.0
     return v

@@ -33,7 +33,8 @@ import torch
 from ..errors import VWTError
 from ..vwt.inter import NEAR_TIE_EPS
 from . import ops
-from .export import DEFAULT_OPSET, OUTPUT_NAME, _version, export_model
+from ..version import __version__
+from .export import DEFAULT_OPSET, OUTPUT_NAME, export_model
 from .stages import COUNTS, SIZES, TOKENS, tokenize_stage
 from .surgery import apply_vwt
 
@@ -279,7 +280,7 @@ def export_hybrid(hmodel: torch.nn.Module, opset: int = DEFAULT_OPSET, baseline:
         vwt_graph = _tile_keys(vwt_graph, tile_offsets(grid_h * grid_w, grid_w, hmodel.tile,
                                                        hmodel.unit_words.shape[0]).numpy())
     proto = join(tokenize_stage(vwt_graph), export_trunk(hmodel, opset))
-    proto.producer_name, proto.producer_version = "vwt-export", _version()
+    proto.producer_name, proto.producer_version = "vwt-export", __version__
     onnx.helper.set_model_props(proto, metadata(hmodel))
     onnx.checker.check_model(ops.add_portable_functions(_copy(proto)))
     if check:
@@ -311,11 +312,12 @@ def check_against_torch(proto: onnx.ModelProto, hmodel: torch.nn.Module, pixels:
     Returns {"compared", "near_ties" (images with an in-block near-tie), "key_near_ties" (patches),
     "matches_differ" (patches), "max_rel_err"}; VWTError when a key differs away from a near-tie or a compared
     image differs by more than rtol."""
-    from ..backends.onnxruntime import runner
+    from ..backends.onnxruntime import OrtRunner
     from ..vwt.inter import match_keys, near_ties
 
-    logits, keys = runner(proto, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).with_extras(
+    logits, extras = OrtRunner(proto, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).infer_extras(
         pixels.float().cpu().numpy())
+    keys = extras[ops.KEYS_TENSOR]
     with torch.no_grad():
         features = hmodel.features(pixels)
         ours = match_keys(features, hmodel.unit_words, hmodel.threshold).cpu().numpy()

@@ -24,7 +24,8 @@ import torch.nn as nn
 from ..errors import VWTError
 from ..tome.model import attention_with_keys, check_supported
 from ..vwt.merge import attention_bias
-from ..vwt.model import GROUPINGS, CompressedViT
+from ..vwt.inter import GROUPINGS
+from ..vwt.model import CompressedViT
 from ..vwt.vocab import Vocabulary
 from .merge import (Rule, bipartite_matching, decision_margin, merge_tokens, parse_rules, removed, removed_per_image,
                     rule_label, tile_offsets)
@@ -83,6 +84,7 @@ class HybridViT(nn.Module):
     unit_words = property(lambda self: self.vwt.unit_words)
     grouping = property(lambda self: self.vwt.grouping)
     space = property(lambda self: self.vwt.space)
+    grid_w = property(lambda self: self.vwt.grid_w)
 
     def extra_repr(self) -> str:
         return (f"threshold={self.threshold}, grouping={self.grouping}, tile={self.tile}, space={self.space}, "
@@ -96,6 +98,10 @@ class HybridViT(nn.Module):
             return keys
         grid_w = pixels.shape[-1] // self.vwt.patch_size
         return keys + tile_offsets(keys.shape[1], grid_w, self.tile, self.unit_words.shape[0]).to(keys.device)
+
+    def near_ties(self, pixels: torch.Tensor) -> torch.Tensor:
+        """bool [B, N]: patches whose word match another correct implementation may make differently."""
+        return self.vwt.near_ties(pixels)
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vwt.features(pixels)

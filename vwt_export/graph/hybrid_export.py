@@ -27,16 +27,16 @@ import warnings
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import torch
 
 from ..errors import VWTError
+from ..version import __version__
 from ..vwt.inter import NEAR_TIE_EPS
 from . import ops
-from ..version import __version__
 from .export import DEFAULT_OPSET, OUTPUT_NAME, export_model
-from .stages import COUNTS, SIZES, TOKENS, tokenize_stage
-from .surgery import apply_vwt
+
+# onnx-graphsurgeon (stages, surgery) is imported where graphs are built: reading a graph's metadata (the runners'
+# token counts) needs none of it
 
 META_R, META_THRESHOLD, META_GROUPING, META_PROP_ATTN, META_TILE = (
     "vwt.hybrid.r", "vwt.hybrid.threshold", "vwt.hybrid.grouping", "vwt.hybrid.prop_attn", "vwt.hybrid.tile")
@@ -146,6 +146,8 @@ def export_blocks(hmodel: torch.nn.Module, example: tuple[torch.Tensor, torch.Te
 def export_trunk(hmodel: torch.nn.Module, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """The hybrid trunk: "vwt/merged" [B, T, D], "vwt/sizes" f32 [B, T] -> logits, B and T dynamic; the block
     graphs (export_blocks) and the head chained."""
+    from .stages import SIZES, TOKENS
+
     m = hmodel.model
     shape = (3, m.patch_embed.proj.in_channels, *m.patch_embed.img_size)
     device = next(m.parameters()).device
@@ -205,6 +207,8 @@ def _rename_inputs(proto: onnx.ModelProto, names: dict[str, str]) -> None:
 def _tile_keys(vwt_graph: onnx.ModelProto, offsets: np.ndarray) -> onnx.ModelProto:
     """TokenMerge reads "vwt/keys" + the tile offsets (vwt_export.hybrid.merge.tile_offsets); "vwt/keys" itself
     stays the matching's, which the checks compare with torch's."""
+    import onnx_graphsurgeon as gs
+
     graph = gs.import_onnx(vwt_graph)
     tm = next(n for n in graph.nodes if n.op == ops.TOKEN_MERGE and n.domain == ops.DOMAIN)
     tiled = gs.Variable("vwt/tiled_keys", dtype=np.int64, shape=tm.inputs[1].shape)
@@ -221,6 +225,10 @@ def _tile_keys(vwt_graph: onnx.ModelProto, offsets: np.ndarray) -> onnx.ModelPro
 
 def _without_counts(tokenize: onnx.ModelProto) -> onnx.ModelProto:
     """The tokenize stage with only the merged tokens and sizes as outputs (the counts are for the runtime)."""
+    import onnx_graphsurgeon as gs
+
+    from .stages import COUNTS
+
     graph = gs.import_onnx(tokenize)
     graph.outputs = [t for t in graph.outputs if t.name != COUNTS]
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -235,6 +243,8 @@ def _without_counts(tokenize: onnx.ModelProto) -> onnx.ModelProto:
 def join(tokenize: onnx.ModelProto, trunk: onnx.ModelProto) -> onnx.ModelProto:
     """pixels -> logits: the tokenize stage's "vwt/merged" and "vwt/sizes" feed the trunk's inputs of the same
     names (the trunk's own names all start with "hybrid/", so nothing collides)."""
+    from .stages import SIZES, TOKENS
+
     tokenize = _without_counts(tokenize)
     tokenize.ir_version = trunk.ir_version = min(tokenize.ir_version, trunk.ir_version)
     joined = onnx.compose.merge_models(tokenize, trunk, io_map=[(TOKENS, TOKENS), (SIZES, SIZES)],
@@ -261,12 +271,24 @@ def read_metadata(proto: onnx.ModelProto) -> dict | None:
             "tile": int(props.get(META_TILE, 0))}
 
 
+def block_sizes(proto: onnx.ModelProto) -> list[str] | None:
+    """The sizes tensor each block of a hybrid graph reads (TokenMerge's, then each block's output but the last's),
+    whose real (> 0) entries per image average to HybridViT.last_token_counts; None for another graph."""
+    meta = read_metadata(proto)
+    if meta is None:
+        return None
+    return [ops.SIZES_TENSOR] + [f"hybrid/block{i}/sizes_out" for i in range(len(meta["r"]) - 1)]
+
+
 def export_hybrid(hmodel: torch.nn.Module, opset: int = DEFAULT_OPSET, baseline: onnx.ModelProto | None = None,
                   check: bool = True, pixels: torch.Tensor | None = None) -> onnx.ModelProto:
     """A HybridViT (vwt_export.hybrid.compress_hybrid) -> an in-memory ONNX model: pixels[B,C,H,W] float32 ->
     logits float32, dynamic batch, with one vwt::TokenMerge node (make_portable attaches its body). `baseline`:
     the model's export_model graph, when already made. With `check`, ONNX Runtime must match torch
     (check_against_torch) on `pixels` (default: random images), else VWTError."""
+    from .stages import tokenize_stage
+    from .surgery import apply_vwt
+
     model = hmodel.model
     if model.patch_embed.proj.weight.dtype != torch.float32:
         raise VWTError("the hybrid exports from a float32 model only (FP16 hybrid graphs are not built yet)")

@@ -24,13 +24,17 @@ import torch.nn as nn
 from ..errors import VWTError
 from ..tome.model import attention_with_keys, check_supported
 from ..vwt.merge import attention_bias
+from ..vwt import defaults
 from ..vwt.inter import GROUPINGS
 from ..vwt.model import CompressedViT
 from ..vwt.vocab import Vocabulary
 from .merge import (Rule, bipartite_matching, decision_margin, merge_tokens, parse_rules, removed, removed_per_image,
                     rule_label, tile_offsets)
 
-DEFAULTS = {"threshold": 0.1, "r": 8, "grouping": "local", "prop_attn": True, "tile": 0}
+# Chosen on the real weights and photos (scripts/bench_tradeoff.py, README): a low threshold groups only
+# near-identical neighbours, and the blocks merge a fraction of each image's own tokens rather than a count, so
+# an image that grouping already left short is not emptied. Grouping and proportional attention are VWT's.
+DEFAULTS = {"threshold": 0.02, "r": 0.05, "grouping": defaults.GROUPING, "prop_attn": defaults.PROP_ATTN, "tile": 0}
 
 
 def hybrid_block(blk: nn.Module, x: torch.Tensor, sizes: torch.Tensor, rule: Rule, num_prefix: int, prop_attn: bool,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from ..hybrid.model import DEFAULTS
 from .inter import Inter
 from .registry import Method, register
 from .tome import R
@@ -17,10 +18,7 @@ class Hybrid(Method):
     name = variant = "hybrid"
     summary = "VWT local grouping, then ToMe merging in every block"
     options = (*Inter.options, R)
-    # chosen on the real weights and photos (scripts/bench_tradeoff.py): a low threshold groups only near-identical
-    # neighbours, and a fraction of each image's tokens (not a count) merges in the blocks, so that an image
-    # grouping already left short is not emptied
-    defaults = MappingProxyType({"threshold": 0.02, "r": 0.05})
+    defaults = MappingProxyType({k: DEFAULTS[k] for k in ("threshold", "r")})  # why: hybrid/model.py
     sweep_keys = ("threshold", "r")
     needs_vocabulary = True
     precisions = ("fp32",)  # its float16 graph is not built (export_hybrid refuses it)

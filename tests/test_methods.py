@@ -21,10 +21,13 @@ from vwt_export.models import embed_tokens, patch_tokens
 
 
 @pytest.mark.parametrize("mode, options, message", [
-    ("intra", {"keep": 4, "grouping": "local"}, "grouping='local' applies to inter mode only, not 'intra'"),
+    ("intra", {"keep": 4, "grouping": "global"}, "grouping='global' applies to inter and hybrid modes only, not 'intra'"),
     ("intra", {"keep": 4, "grouping": "nearby"}, "unknown grouping 'nearby' (use one of global, local)"),
-    ("tome", {"threshold": 0.2}, "threshold=0.2 applies to inter mode only, not 'tome'"),
-    ("tome", {"space": "embed"}, "space='embed' applies to intra and inter modes only, not 'tome'"),
+    ("tome", {"threshold": 0.2}, "threshold=0.2 applies to inter and hybrid modes only, not 'tome'"),
+    ("tome", {"space": "embed"}, "space='embed' applies to intra, inter and hybrid modes only, not 'tome'"),
+    ("inter", {"r": 4}, "r=4 applies to tome and hybrid modes only, not 'inter'"),
+    ("hybrid", {"r": 0.75}, "r=0.75: expected a whole number of merges per block"),
+    ("hybrid", {"r": -1}, "r=-1 is out of range: give the merges per block, >= 0"),
     ("inter", {"threshold": float("nan")}, "threshold=nan is out of range: cosine distance lies in [0, 2]"),
     ("tome", {"r": 2.5}, "r=2.5: expected a whole number"),
     ("tome", {"r": True}, "r=True: expected a whole number"),
@@ -38,13 +41,31 @@ def test_options_are_checked_once_by_the_method_that_owns_them(mode, options, me
 
 
 def test_defaults_come_from_the_registry_and_other_methods_defaults_are_harmless():
-    spec = methods.spec("intra", keep="147", threshold=0.1, r=8)  # the CLI passes every option, defaults included
-    assert dict(spec.values) == {"keep": 147, "space": None, "prop_attn": False}
-    assert methods.spec("inter").threshold == 0.1 and methods.spec("tome").r == 8
+    spec = methods.spec("intra", keep="147", threshold=0.05, r=8)  # the CLI passes every option, defaults included
+    assert dict(spec.values) == {"keep": 147, "space": None, "prop_attn": True}
+    assert methods.spec("inter").threshold == 0.05 and methods.spec("tome").r == 8
     swept = methods.sweep_specs(methods.parse_sweep(["grouping=local", "r=2,3"]), methods.spec("inter", threshold=0.3))
     assert [(s.method, dict(s.values)) for s in swept] == [
-        ("inter", {"threshold": 0.3, "grouping": "local", "space": None, "prop_attn": False}),  # the run's threshold
-        ("tome", {"r": 2, "prop_attn": False}), ("tome", {"r": 3, "prop_attn": False})]
+        ("inter", {"threshold": 0.3, "grouping": "local", "space": None, "prop_attn": True}),  # the run's threshold
+        ("tome", {"r": 2, "prop_attn": True}), ("tome", {"r": 3, "prop_attn": True}),
+        ("hybrid", {"threshold": 0.3, "grouping": "local", "space": None, "r": 2, "prop_attn": True}),
+        ("hybrid", {"threshold": 0.3, "grouping": "local", "space": None, "r": 3, "prop_attn": True})]
+
+
+def test_a_method_may_default_a_shared_option_its_own_way():
+    """The hybrid shares inter's threshold and ToMe's r (one Option each) with defaults of its own; None (what the
+    CLI passes for an option not given) takes the mode's default, and those defaults count as not given."""
+    hybrid = methods.spec("hybrid", threshold=None, r=None, keep=0.75)
+    assert (hybrid.threshold, hybrid.r) == (methods.get("hybrid").defaults["threshold"], methods.get("hybrid").defaults["r"])
+    assert hybrid.threshold != methods.spec("inter").threshold and hybrid.r != methods.spec("tome").r
+    assert methods.spec("inter", threshold=None, r=None).threshold == methods.spec("inter").threshold
+    assert methods.spec("hybrid", r="0.1").r == 0.1 and methods.spec("hybrid", r="4").r == 4
+    assert methods.sweep_specs({"r": (3,)}, methods.spec("tome"))[1].threshold == hybrid.threshold
+    assert vx.ExportConfig.from_options("deit_s", mode="hybrid", calib="c", threshold=None,
+                                        r=None).compression.spec == methods.spec("hybrid")
+    model = vx.load_model("vit_tiny_patch16_224", weights="random", img_size=32, depth=1)
+    with pytest.raises(vx.VWTError, match=re.escape("r=0.05: tome merges a whole number of tokens per block")):
+        vx.compress(model, "tome", r=0.05)  # a fraction is a valid r, for the hybrid only
 
 
 def test_an_option_is_declared_once(scratch_registry):
@@ -140,12 +161,12 @@ def test_a_method_may_take_other_methods_options(scratch_registry):
         sweep_keys = ("r",)
 
     spec = methods.spec("both", threshold=0.2, grouping="local", r="4")
-    assert dict(spec.values) == {"threshold": 0.2, "grouping": "local", "space": None, "r": 4, "prop_attn": False}
+    assert dict(spec.values) == {"threshold": 0.2, "grouping": "local", "space": None, "r": 4, "prop_attn": True}
     with pytest.raises(vx.VWTError, match=re.escape("threshold=2.5 is out of range: cosine distance lies in [0, 2]")):
         methods.spec("both", threshold=2.5)
-    with pytest.raises(vx.VWTError, match="grouping='local' applies to inter and both modes only, not 'intra'"):
-        methods.spec("intra", grouping="local")
-    assert [m.name for m in methods.swept({"r": (2,)})] == ["tome", "both"]
+    with pytest.raises(vx.VWTError, match="grouping='global' applies to inter, hybrid and both modes only, not 'intra'"):
+        methods.spec("intra", grouping="global")
+    assert [m.name for m in methods.swept({"r": (2,)})] == ["tome", "hybrid", "both"]
 
 
 def test_a_new_method_is_one_module_exported_verified_measured_and_reported(toy, tmp_path):

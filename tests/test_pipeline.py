@@ -38,7 +38,7 @@ def test_the_readme_example_runs_as_pasted(tmp_path):
     ({"threshold": 2.5}, "threshold=2.5 is out of range"),
     ({"mode": "intra", "keep": 1.5}, "keep=1.5 is out of range"),
     ({"mode": "intra", "keep": "lots"}, "--keep lots"),
-    ({"mode": "intra", "grouping": "local"}, "grouping='local' applies to inter mode only, not 'intra'"),
+    ({"mode": "intra", "grouping": "global"}, "grouping='global' applies to inter and hybrid modes only, not 'intra'"),
     ({"mode": "fancy"}, "mode='fancy' is not one of none, intra, inter"),
     ({"vocab_size": 0}, "vocab_size=0"),
     ({"batches": "0,8"}, "batch sizes"),

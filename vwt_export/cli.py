@@ -82,6 +82,10 @@ def _click_option(option: methods.Option):
     else:
         lo, hi = option.bounds
         kind = click.FloatRange(lo, hi) if option.kind is float else click.IntRange(lo, hi)
+    own = methods.mode_defaults(option.name)
+    if own:  # no click default: None lets each mode fill in its own (methods.spec)
+        shown = "; ".join([f"{option.default}", *(f"{mode}: {value}" for mode, value in own.items())])
+        return click.option(option.flag, option.name, type=kind, default=None, help=f"{option.help}  [default: {shown}]")
     return click.option(option.flag, option.name, type=kind, default=option.default,
                         show_default=option.default is not None, help=option.help)
 

@@ -240,7 +240,7 @@ class ExportConfig:
             given.update(method_options)
             defaults = {p.name: p.default for p in _OPTION_DEFAULTS}
             defaults.update((k, o.default) for k, o in methods.all_options().items())
-            changed = {k: v for k, v in given.items() if v != defaults.get(k)}
+            changed = {k: v for k, v in given.items() if v != defaults.get(k) and v is not None}  # None: not given
             args = ", ".join([repr(model)] + [f"{k}={_plain(v)!r}" for k, v in changed.items()])
             command = f"vwt_export.export({args})"
         return cls(

@@ -214,8 +214,8 @@ def test_given_keys_replace_matching(tiny_models, vocabs):
 
 
 def test_local_grouping_and_keys_need_inter_mode(tiny_models):
-    with pytest.raises(vx.VWTError, match="grouping='local' applies to inter mode only"):
-        vx.compress(tiny_models["p16_cls"], "intra", keep=4, grouping="local")
+    with pytest.raises(vx.VWTError, match="grouping='global' applies to inter and hybrid modes only"):
+        vx.compress(tiny_models["p16_cls"], "intra", keep=4, grouping="global")
     with pytest.raises(vx.VWTError, match="unknown grouping 'nearby'"):
         vx.compress(tiny_models["p16_cls"], "intra", keep=4, grouping="nearby")
     intra = vx.compress(tiny_models["p16_cls"], "intra", keep=4)

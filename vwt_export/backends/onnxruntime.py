@@ -132,7 +132,8 @@ class OrtRunner(Runner):
 
     `extra_outputs` ({tensor name: onnx element type}) are returned by `infer_extras` beside the output.
     `count_tokens`: `infer_tokens` counts each image's tokens from the graph itself: the sizes TokenMerge returns,
-    the length of an intra selection, or a ToMe graph's static schedule (the same mean tokens for every image)."""
+    the length of an intra selection, a ToMe graph's static schedule (the same mean tokens for every image), or a
+    hybrid's tokens per block, averaged over its blocks."""
 
     kind = "onnxruntime-cpu"
 
@@ -142,7 +143,9 @@ class OrtRunner(Runner):
         super().__init__(str(model) if not isinstance(model, onnx.ModelProto) else "model")
         extra = dict(extra_outputs or {})
         self.probe, self.fixed_tokens = None, None
+        self.block_probes: list[str] = []
         if count_tokens:
+            from ..graph.hybrid_export import block_sizes
             from ..graph.tome_export import read_schedule
 
             proto = load_proto(model)
@@ -150,8 +153,9 @@ class OrtRunner(Runner):
             produced = {o for n in proto.graph.node for o in n.output}
             self.probe = next((t for t in TOKEN_PROBES if t in produced), None) if schedule is None else None
             self.fixed_tokens = schedule["mean_tokens"] if schedule is not None else None
-            if self.probe:
-                extra.setdefault(self.probe, onnx.TensorProto.FLOAT)
+            self.block_probes = [t for t in block_sizes(proto) or [] if t in produced]  # a hybrid: mean over blocks
+            for probe in [self.probe] * bool(self.probe) + self.block_probes:
+                extra.setdefault(probe, onnx.TensorProto.FLOAT)
         self.session = create_session(model, providers, threads, extra_outputs=extra, spinning=spinning)
         first_input_output(self.session, model)  # a graph without an input or output is one line, not an IndexError
         if providers and providers[0] != "CPUExecutionProvider":
@@ -175,6 +179,9 @@ class OrtRunner(Runner):
         return first, dict(zip(self.extra, extras))
 
     def infer_tokens(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.block_probes:
+            out, extras = self.infer_extras(pixels)
+            return out, np.mean([(extras[t] > 0).sum(axis=1) for t in self.block_probes], axis=0)
         if self.probe is not None:
             out, extras = self.infer_extras(pixels)
             probe = extras[self.probe]  # sizes [B, T]: the real (size > 0) ones; a selection [B, T, D]: all T

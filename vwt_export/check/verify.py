@@ -106,9 +106,12 @@ def verify_graph(graph: Path | onnx.ModelProto, reference, pixels: torch.Tensor,
             actual = OrtRunner(graph).infer(x)
             expected = reference(pixels).float().cpu().numpy()
         clear = np.ones(len(x), dtype=bool)
-        if hasattr(reference, "decision_margins"):
-            clear = (reference.decision_margins(pixels) >= NEAR_TIE_EPS).cpu().numpy()
-            v.images_with_near_ties = int((~clear).sum())  # decisions per image: no patch count
+        if hasattr(reference, "decision_margins"):  # given the graph's keys, where it has them (the hybrid's blocks)
+            margins = (reference.decision_margins(pixels, torch.from_numpy(keys).to(pixels.device)) if keyed
+                       else reference.decision_margins(pixels))
+            clear = (margins >= NEAR_TIE_EPS).cpu().numpy()
+            # decisions per image: no patch count; with keys too, an image may hold either kind
+            v.images_with_near_ties = int(((ties.any(axis=1) if keyed else False) | ~clear).sum())
     relative_error(expected, actual, name)  # the shapes, whatever is compared
     v.max_rel_err = _check(relative_error(expected[clear], actual[clear], name), rtol, name) if clear.any() else 0.0
     return v

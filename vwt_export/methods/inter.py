@@ -10,9 +10,9 @@ from .intra import SPACE
 from .options import Option
 from .registry import Method, register
 
-THRESHOLD = Option("threshold", defaults.THRESHOLD, "inter: largest cosine distance at which a patch matches a word",
+THRESHOLD = Option("threshold", defaults.THRESHOLD, "inter, hybrid: largest cosine distance at which a patch matches a word",
                    bounds=(0.0, 2.0), why="cosine distance lies in [0, 2]")
-GROUPING = Option("grouping", defaults.GROUPING, "inter: global merges every patch matching a word; local only touching ones",
+GROUPING = Option("grouping", defaults.GROUPING, "inter, hybrid: global merges every patch matching a word; local only touching ones",
                   kind=str, choices=GROUPINGS)
 
 

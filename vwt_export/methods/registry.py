@@ -10,10 +10,12 @@
 A method is a `Method` subclass decorated with `@register`; importing its module registers it (methods/__init__.py
 imports the built-in ones). An option is one `Option` object owned by the methods that list it: a method may list
 another's (hybrid: `options = (*Inter.options, R)`), and the check comes with it. Two different options under one
-name are refused at registration, so each option is declared once.
+name are refused at registration, so each option is declared once. A method may give a shared option a default of
+its own (`Method.defaults`: hybrid groups at a lower threshold than inter, its blocks merging the rest).
 
 Which options a method takes is strict: an option of another method given a value other than its default is an
-error ("grouping='local' applies to inter mode only, not 'intra'"), whoever gives it (CLI, config, vx.compress).
+error ("grouping='local' applies to inter and hybrid modes only, not 'intra'"), whoever gives it (CLI, config,
+vx.compress). None stands for "not given" (the CLI's value for an option whose default depends on the mode).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class Method:
     summary: ClassVar[str] = ""  # one line for --mode's help
     variant: ClassVar[str] = ""  # the compressed variant's name in files and report rows (model.vwt.onnx, vwt+int8)
     options: ClassVar[tuple[Option, ...]] = ()  # besides COMMON
+    defaults: ClassVar[Mapping[str, Any]] = MappingProxyType({})  # its own defaults for options it shares
     sweep_keys: ClassVar[tuple[str, ...]] = ()  # the options --sweep varies for it (every combination)
     sweep_group: ClassVar[str] = ""  # the sweep rows' method column and plot marker (default: name)
     # --target walks it: settings (its options' values) from least to most compression; no ladder, not searched
@@ -134,6 +137,21 @@ def takes(method: Method) -> dict[str, Option]:
     return {o.name: o for o in (*method.options, *COMMON)}
 
 
+def default(method: Method, key: str) -> Any:
+    """The default of option `key` in `method`: the method's own (Method.defaults), else the option's."""
+    return method.defaults.get(key, takes(method)[key].default)
+
+
+def mode_defaults(key: str) -> dict[str, Any]:
+    """{method: its default} for the methods whose default of option `key` is their own (the CLI's help)."""
+    return {m.name: m.defaults[key] for m in _METHODS.values() if key in m.defaults}
+
+
+def _modes(owners: list[str]) -> str:
+    words = owners[0] if len(owners) == 1 else f"{', '.join(owners[:-1])} and {owners[-1]}"
+    return f"{words} mode{'s' if len(owners) > 1 else ''}"
+
+
 def spec(name: str, **given: Any) -> Spec:
     """The checked options of method `name`: each value given is checked by its option; the method's own
     options take it, those given no value their default. Other methods' options must keep their defaults."""
@@ -143,14 +161,15 @@ def spec(name: str, **given: Any) -> Spec:
     for key, value in given.items():
         if key not in known:
             raise VWTError(f"unknown option {key}={value!r}: the {name} mode takes {', '.join(own)}")
+        if value is None and known[key].default is not None:
+            continue  # not given
         value = known[key].parse(value)
         if key in own:
             values[key] = value
         elif value != known[key].default:
             owners = [m.name for m in _METHODS.values() if key in takes(m)]
-            raise VWTError(f"{key}={value!r} applies to {' and '.join(owners)} mode{'s' if len(owners) > 1 else ''} "
-                           f"only, not '{name}'")
-    return Spec(name, MappingProxyType({k: values.get(k, o.default) for k, o in own.items()}))
+            raise VWTError(f"{key}={value!r} applies to {_modes(owners)} only, not '{name}'")
+    return Spec(name, MappingProxyType({k: values.get(k, default(method, k)) for k in own}))
 
 
 def compress(model, mode: str = "inter", *, vocab=None, **options: Any):
@@ -198,7 +217,7 @@ def sweep_specs(sweep: Mapping[str, tuple], run: Spec) -> list[Spec]:
     for method in swept(sweep):
         own = takes(method)
         base = {k: v for k, v in run.values.items() if k in own}
-        axes = [sweep.get(k, (base.get(k, own[k].default),)) for k in method.sweep_keys]
+        axes = [sweep.get(k, (base.get(k, default(method, k)),)) for k in method.sweep_keys]
         out += [spec(method.name, **{**base, **dict(zip(method.sweep_keys, combo))})
                 for combo in itertools.product(*axes)]
     return list(dict.fromkeys(out))

@@ -137,7 +137,7 @@ def test_a_sweep_ranks_every_setting_on_the_same_images(tmp_path):
     sweep = result.report["sweep"]
     labels = {r["label"] for r in sweep["ranked"]}
     assert labels == {"fp32", "int8", "vwt global t=0.05", "vwt local t=0.05", "vwt global t=0.3", "vwt local t=0.3",
-                      "intra keep=0.5", "tome r=2"}
+                      "intra keep=0.5", "tome r=2", "hybrid t=0.05 r=2", "hybrid t=0.3 r=2"}  # threshold, r: hybrid's too
     rows = {r["label"]: r for r in sweep["ranked"]}
     assert rows["fp32"]["quality"] == pytest.approx(1.0, abs=1e-6)
     variants = result.report["variants"]  # one evaluation pass and one timing run: the main table's figures, repeated

@@ -31,10 +31,12 @@ from ..vwt.vocab import Vocabulary
 from .merge import (Rule, bipartite_matching, decision_margin, merge_tokens, parse_rules, removed, removed_per_image,
                     rule_label, tile_offsets)
 
-# Chosen on the real weights and photos (scripts/bench_tradeoff.py, README): a low threshold groups only
-# near-identical neighbours, and the blocks merge a fraction of each image's own tokens rather than a count, so
-# an image that grouping already left short is not emptied. Grouping and proportional attention are VWT's.
-DEFAULTS = {"threshold": 0.02, "r": 0.05, "grouping": defaults.GROUPING, "prop_attn": defaults.PROP_ATTN, "tile": 0}
+# Chosen on the real weights and photos (scripts/bench_tradeoff.py, README "Quality against speed"): a low
+# threshold groups only near-identical neighbours, and the blocks merge a fraction of each image's own tokens
+# rather than a count, so an image that grouping already left short is not emptied (a count of 8 left some
+# images at cosine 0.2). t=0.01 r=0.06 sat above ToMe's front (between r=16 and r=20), t=0.02 r=0.05 on it.
+# Grouping and proportional attention are VWT's.
+DEFAULTS = {"threshold": 0.01, "r": 0.06, "grouping": defaults.GROUPING, "prop_attn": defaults.PROP_ATTN, "tile": 0}
 
 
 def hybrid_block(blk: nn.Module, x: torch.Tensor, sizes: torch.Tensor, rule: Rule, num_prefix: int, prop_attn: bool,

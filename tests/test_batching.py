@@ -60,7 +60,7 @@ def stage_dir(tmp_path_factory):
 
 def per_image(folder, x):
     """The one-graph model run on each image alone: no padding anywhere, the independent reference."""
-    f = runtime.load(folder / "model.vwt.onnx")
+    f = runtime.load(folder / "model.vwt.onnx", stages=False)
     return np.concatenate([f(x[i : i + 1]) for i in range(len(x))])
 
 
@@ -91,6 +91,19 @@ def test_length_aware_equals_per_image_in_input_order(stage_dir, batch, call_ove
     if batch == 8 and call_overhead < runtime.CALL_OVERHEAD_TOKENS:  # the test exercises what it should:
         plan = f.plan(x)  # several sub-batches, each sliced to its own length, some holding images out of order
         assert len(plan) >= 2 and any(len(g) > 1 and (np.diff(g) < 0).any() for g in plan) == (call_overhead > 0)
+
+
+def test_the_one_graph_loads_length_aware_when_its_stages_lie_beside_it(stage_dir, tmp_path):
+    x = mixed_images(BUSY, seed=3)
+    f = runtime.load(stage_dir / "model.vwt.onnx")
+    assert f.kind == "length-aware" and len(f.plan(x)) >= 2
+    np.testing.assert_allclose(f(x), per_image(stage_dir, x), rtol=1e-5, atol=1e-5)
+    assert runtime.load(stage_dir / "model.vwt.onnx", stages=False).kind != "length-aware"
+    alone = tmp_path / "model.vwt.onnx"  # no stages beside it: the one graph, or an error when they are required
+    alone.write_bytes((stage_dir / "model.vwt.onnx").read_bytes())
+    assert runtime.load(alone).kind != "length-aware"
+    with pytest.raises(vx.VWTError, match="no stage pair beside it"):
+        runtime.load(alone, stages=True)
 
 
 def brute_force_cost(counts, overhead):

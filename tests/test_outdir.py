@@ -402,6 +402,17 @@ def test_runtime_load_warns_where_a_file_differs_from_its_manifest(tmp_path, cap
     assert f"model.onnx: changed since run {run.run_id} wrote it" in line
 
 
+def test_a_stage_pair_not_written_with_the_graph_is_not_used_for_it(tmp_path, caplog):
+    out = tmp_path / "out"
+    fake_run(out, {"model.vwt.onnx": _identity_model()})
+    for stage in ("model.vwt.tokenize.onnx", "model.vwt.trunk.onnx"):  # put there afterwards (and not stages at all)
+        (out / stage).write_bytes(_identity_model())
+    lines = _warnings(caplog, lambda: runtime.load(out / "model.vwt.onnx"))  # runs the one graph (identity)
+    assert len(lines) == 1 and "running the one graph, not the stage pair beside it" in lines[0]
+    with pytest.raises(VWTError, match="may not belong to it"):
+        runtime.load(out / "model.vwt.onnx", stages=True)
+
+
 def test_runtime_load_warns_about_a_run_that_did_not_complete(tmp_path, caplog):
     out = tmp_path / "out"
     run = fake_run(out, {"model.onnx": _identity_model()}, error=KeyboardInterrupt("SIGINT"))

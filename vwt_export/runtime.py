@@ -3,8 +3,9 @@
     f = vwt_export.runtime.load("out/model.vwt.onnx")
     logits = f(pixels)            # numpy float32 [B, 3, H, W] -> numpy [B, classes]; f.infer(pixels) the same
 
-    f = vwt_export.runtime.load("out/model.vwt.tokenize.onnx")   # length-aware (model.vwt.trunk.onnx beside it)
-    logits = f(pixels)            # the same logits, in the input order, faster at batch > 1 on images of mixed length
+With model.vwt.tokenize.onnx + model.vwt.trunk.onnx beside it (vwt-export writes them), that load batches
+length-aware (below): the same logits, in the input order, faster at batch > 1 on images of mixed length.
+`load(path, stages=False)` runs the one graph (padded batches); loading the .tokenize.onnx file runs the pair.
 
 Length-aware batching. The one-graph model pads every image of a batch to the longest one, so one busy image makes
 the whole batch cost as much as the uncompressed model. The two-stage graphs (vwt_export.graph.stages) let the
@@ -61,12 +62,21 @@ Trunk = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def load(path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None,
-         call_overhead: float = CALL_OVERHEAD_TOKENS) -> Runner:
+         call_overhead: float = CALL_OVERHEAD_TOKENS, stages: bool | None = None) -> Runner:
     """A runner for a .onnx file (the vwt op library is registered automatically when the graph needs it), a
     .engine file (its JSON sidecar is checked against the running TensorRT, GPU and plugin library first), or a
     *.tokenize.onnx file: length-aware batching with the *.trunk.onnx beside it (see the module docstring).
-    `runner(pixels)` returns the logits; every runner has the interface of backends/base.py."""
+    `runner(pixels)` returns the logits; every runner has the interface of backends/base.py.
+
+    `stages`, for X.onnx: None (default) runs X.tokenize.onnx + X.trunk.onnx length-aware when both lie beside it,
+    written by the same run as X.onnx (its output folder's manifest), else the one graph; True requires the pair;
+    False runs the one graph. The pair was split from the one graph: equal logits for float graphs; an INT8 pair
+    is its own measured graph (report.md gives both its cosines)."""
     path = Path(path)
+    if stages is not False and path.suffix == ".onnx" and not path.name.endswith(TOKENIZE_SUFFIX):
+        tokenize = stages_beside(path, required=bool(stages))
+        if tokenize is not None:
+            return load(tokenize, providers, threads, call_overhead)
     if path.name.endswith(TRUNK_SUFFIX):
         raise VWTError(f"{path}: a trunk stage takes tokens, not pixels; load "
                        f"{path.name[: -len(TRUNK_SUFFIX)]}{TOKENIZE_SUFFIX} (length-aware batching) instead")
@@ -89,6 +99,31 @@ def load(path: str | os.PathLike, providers: Sequence[str] | None = None, thread
     from .backends.tensorrt import EngineRunner
 
     return EngineRunner(path)
+
+
+def stages_beside(path: Path, required: bool = False) -> Path | None:
+    """X.tokenize.onnx when it and X.trunk.onnx lie beside X.onnx and belong with it (none of the three differs
+    from the manifest of the run that wrote them), else None (a VWTError when `required`)."""
+    tokenize = path.with_name(path.name[: -len(".onnx")] + TOKENIZE_SUFFIX)
+    pair = (tokenize, trunk_path(tokenize))
+    missing = [p.name for p in pair if not p.is_file()]
+    if missing:
+        if required:
+            raise VWTError(f"{path}: no stage pair beside it ({', '.join(missing)} missing); load it with "
+                           "stages=False, or rerun vwt-export, which writes both stages of an inter-mode graph")
+        return None
+    from .outdir import manifest_problems
+
+    problems = manifest_problems([path, *pair])
+    if problems:
+        if required:
+            raise VWTError(f"{path}: its stage pair may not belong to it: {problems[0]}")
+        import logging
+
+        logging.getLogger(__name__).warning("%s: running the one graph, not the stage pair beside it: %s", path.name,
+                                            problems[0])
+        return None
+    return tokenize
 
 
 def warn_if_not_as_written(path: str | os.PathLike) -> list[str]:

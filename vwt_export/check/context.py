@@ -203,11 +203,12 @@ class Run:
         return v
 
     def outputs(self, path: Path) -> np.ndarray:
-        """A graph's outputs on the verification images, run as runtime.load runs it (once per graph)."""
+        """A graph's outputs on the verification images, run as runtime.load runs that file (a tokenize file with its
+        trunk, length-aware; any other the one graph it holds), once per graph."""
         if path not in self._outputs:
             from ..runtime import load
 
-            self._outputs[path] = load(path)(self.verification_pixels.cpu().numpy())
+            self._outputs[path] = load(path, stages=False)(self.verification_pixels.cpu().numpy())
         return self._outputs[path]
 
     def measure(self, path: Path, against: Path, name: str | None = None):

@@ -99,7 +99,8 @@ def markdown(report: dict) -> str:
     if staged and batches and batches[-1] > 1:
         lines.append(f"At batch > 1, {', '.join(staged)} run with length-aware batching: the batch is tokenized once, "
                      "ordered by token count and run through the trunk in sub-batches of similar length "
-                     "(`vwt_export.runtime.load` on the `.tokenize.onnx` graph); batch 1 runs the one graph.")
+                     "(`vwt_export.runtime.load` of the `.onnx` graph does this when its stage pair lies beside it, as "
+                     "here); batch 1 runs the one graph.")
         lines.append("")
     shares = {n: v["merge_share"] for n, v in report["variants"].items() if v.get("merge_share") is not None}
     if shares:

@@ -93,7 +93,7 @@ def test_inter_parity(exported, batch, grouping):
     if batch > 1:
         assert len(set(cmodel.last_token_counts.tolist())) > 1, "the batch should need padding"
     if grouping == "local":
-        glob = vx.compress(model, "inter", vocab=vocab, threshold=thr)
+        glob = vx.compress(model, "inter", vocab=vocab, threshold=thr, grouping="global")
         glob(x, keys=torch.from_numpy(keys))
         assert (cmodel.last_token_counts > glob.last_token_counts).any(), "local grouping should split some group"
 

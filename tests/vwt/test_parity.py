@@ -13,6 +13,14 @@ from ..conftest import blocky_images
 MODELS = ["p16_cls", "p14_cls", "p16_cls_reg", "p14_distilled", "p16_avg"]
 
 
+def paper(model, mode, **options):
+    """vx.compress with the reference's settings (the paper's global grouping, no proportional attention) where a
+    test gives none: the package's defaults differ (vwt/defaults.py), the reference implements these."""
+    if mode == "inter":
+        options = {"grouping": "global", "prop_attn": False, **options}
+    return vx.compress(model, mode, **options)
+
+
 def close(actual, expected):
     actual, expected = actual.detach(), expected.detach()
     scale = expected.abs().max().clamp(min=1e-6)
@@ -47,7 +55,7 @@ def test_inter_matches_reference(tiny_models, vocabs, key, space):
     model, vocab = tiny_models[key], vocabs[key, space]
     x = images_for(model)
     thr = mixed_threshold(model, x, vocab, space)
-    cmodel = vx.compress(model, "inter", vocab=vocab, threshold=thr)
+    cmodel = paper(model, "inter", vocab=vocab, threshold=thr)
     ours = cmodel(x)
 
     p = model.patch_embed.patch_size[0]
@@ -72,7 +80,7 @@ def test_intra_matches_reference(tiny_models, key, space):
     x = images_for(model, seed=3)
     n = model.patch_embed.num_patches
     k = 5
-    cmodel = vx.compress(model, "intra", keep=k, space=space)
+    cmodel = paper(model, "intra", keep=k, space=space)
     ours = cmodel(x)
     assert ours.shape == model(x).shape
     for i in range(len(x)):
@@ -87,8 +95,8 @@ def test_proportional_attention_matches_reference(tiny_models, vocabs, key):
     model, vocab = tiny_models[key], vocabs[key, "image"]
     x = images_for(model, seed=5)
     thr = mixed_threshold(model, x, vocab, "image")
-    ours = vx.compress(model, "inter", vocab=vocab, threshold=thr, prop_attn=True)(x)
-    plain = vx.compress(model, "inter", vocab=vocab, threshold=thr)(x)
+    ours = paper(model, "inter", vocab=vocab, threshold=thr, prop_attn=True)(x)
+    plain = paper(model, "inter", vocab=vocab, threshold=thr)(x)
     assert not torch.allclose(ours, plain), "proportional attention should change the outputs"
     for i in range(len(x)):
         expected, _ = ref.forward_one(model, x[i : i + 1], "inter", vocab.words, thr, prop_attn=True)
@@ -101,7 +109,7 @@ def test_deit_s_full_size_batch_16_matches_reference():
     x = blocky_images(16, 224, cells=14, seed=7)
     vocab = vx.learn_vocabulary(model, [blocky_images(8, 224, cells=14, seed=8)], size=64, progress=False)
     thr = mixed_threshold(model, x, vocab, "image")
-    cmodel = vx.compress(model, "inter", vocab=vocab, threshold=thr)
+    cmodel = paper(model, "inter", vocab=vocab, threshold=thr)
     batched = cmodel(x)
     counts = cmodel.last_token_counts.clone()
     for i in range(16):
@@ -118,7 +126,7 @@ def test_nothing_matched_equals_uncompressed(tiny_models):
     model = tiny_models["p16_cls"]
     x = images_for(model)
     words = torch.randn(20, 3 * 16 * 16, generator=torch.Generator().manual_seed(0))
-    cmodel = vx.compress(model, "inter", vocab=vx.Vocabulary(words, patch_size=16), threshold=0.0)
+    cmodel = paper(model, "inter", vocab=vx.Vocabulary(words, patch_size=16), threshold=0.0)
     close(cmodel(x), model(x))
     assert cmodel.last_token_counts.tolist() == [cmodel.tokens_in] * len(x)
 
@@ -127,7 +135,7 @@ def test_everything_matched_one_word_gives_one_token(tiny_models, vocabs):
     model = tiny_models["p16_cls_reg"]
     x = images_for(model)
     one_word = vx.Vocabulary(vocabs["p16_cls_reg", "image"].words[:1], patch_size=16)
-    cmodel = vx.compress(model, "inter", vocab=one_word, threshold=2.0)
+    cmodel = paper(model, "inter", vocab=one_word, threshold=2.0)
     out = cmodel(x)
     assert cmodel.last_token_counts.tolist() == [model.num_prefix_tokens + 1] * len(x)
     for i in range(len(x)):
@@ -141,7 +149,7 @@ def test_single_patch_image(mode):
     x = torch.randn(3, 3, 16, 16)
     vocab = vx.Vocabulary(torch.randn(4, 768), patch_size=16)
     options = {"inter": {"threshold": 2.0}, "intra": {"keep": 1.0}}[mode]  # another mode's option is an error
-    cmodel = vx.compress(model, mode, vocab=vocab, **options)
+    cmodel = paper(model, mode, vocab=vocab, **options)
     close(cmodel(x), model(x))  # one patch: its group mean is itself
     assert cmodel.last_token_counts.tolist() == [2, 2, 2]
 
@@ -149,7 +157,7 @@ def test_single_patch_image(mode):
 def test_batch_of_one_equals_batch_of_sixteen(tiny_models, vocabs):
     model, vocab = tiny_models["p16_avg"], vocabs["p16_avg", "image"]
     x = images_for(model, n=16, seed=9)
-    cmodel = vx.compress(model, "inter", vocab=vocab, threshold=mixed_threshold(model, x, vocab, "image"))
+    cmodel = paper(model, "inter", vocab=vocab, threshold=mixed_threshold(model, x, vocab, "image"))
     batched = cmodel(x)
     assert len(set(cmodel.last_token_counts.tolist())) > 1
     for i in range(16):
@@ -157,7 +165,7 @@ def test_batch_of_one_equals_batch_of_sixteen(tiny_models, vocabs):
 
 
 def test_image_size_not_divisible_by_patch_is_a_clear_error(tiny_models):
-    cmodel = vx.compress(tiny_models["p16_cls"], "intra", keep=0.5)
+    cmodel = paper(tiny_models["p16_cls"], "intra", keep=0.5)
     with pytest.raises(vx.VWTError, match="not divisible by the patch size 16"):
         cmodel(torch.randn(1, 3, 60, 64))
 
@@ -165,7 +173,7 @@ def test_image_size_not_divisible_by_patch_is_a_clear_error(tiny_models):
 def test_mode_none_is_the_model(tiny_models):
     model = tiny_models["p14_distilled"]
     x = images_for(model)
-    cmodel = vx.compress(model, "none")
+    cmodel = paper(model, "none")
     close(cmodel(x), model(x))
     assert cmodel.last_token_counts.tolist() == [2 + 16] * len(x)
 
@@ -183,8 +191,8 @@ def test_local_grouping_matches_reference(tiny_models, vocabs, key, space):
     cells = palette[torch.randint(3, (6, size // p, size // p), generator=g)].permute(0, 3, 1, 2)
     x = F.interpolate(cells, size=(size, size), mode="nearest") + 0.02 * torch.randn(6, 3, size, size, generator=g)
     thr = mixed_threshold(model, x, vocab, space)
-    local = vx.compress(model, "inter", vocab=vocab, threshold=thr, grouping="local")
-    glob = vx.compress(model, "inter", vocab=vocab, threshold=thr)
+    local = paper(model, "inter", vocab=vocab, threshold=thr, grouping="local")
+    glob = paper(model, "inter", vocab=vocab, threshold=thr)
     assert local.grid_w == size // p and glob.grid_w == 0 and local.grouping == "local"
     ours = local(x)
     glob(x)
@@ -200,7 +208,7 @@ def test_local_grouping_matches_reference(tiny_models, vocabs, key, space):
 def test_given_keys_replace_matching(tiny_models, vocabs):
     model, vocab = tiny_models["p16_cls"], vocabs["p16_cls", "image"]
     x = images_for(model)
-    cmodel = vx.compress(model, "inter", vocab=vocab, threshold=mixed_threshold(model, x, vocab, "image"))
+    cmodel = paper(model, "inter", vocab=vocab, threshold=mixed_threshold(model, x, vocab, "image"))
     keys = cmodel.match(x)
     assert keys.shape == (len(x), model.patch_embed.num_patches) and keys.dtype == torch.int64
     assert torch.equal(cmodel.features(x), patch_features(model, x, "image", 16))
@@ -218,7 +226,7 @@ def test_local_grouping_and_keys_need_inter_mode(tiny_models):
         vx.compress(tiny_models["p16_cls"], "intra", keep=4, grouping="global")
     with pytest.raises(vx.VWTError, match="unknown grouping 'nearby'"):
         vx.compress(tiny_models["p16_cls"], "intra", keep=4, grouping="nearby")
-    intra = vx.compress(tiny_models["p16_cls"], "intra", keep=4)
+    intra = paper(tiny_models["p16_cls"], "intra", keep=4)
     with pytest.raises(vx.VWTError, match="keys can only be given in inter mode"):
         intra(torch.randn(1, 3, 64, 64), keys=torch.zeros(1, 16, dtype=torch.int64))
     with pytest.raises(vx.VWTError, match="match\\(\\) needs inter mode"):

@@ -57,7 +57,7 @@ def test_top1_needs_a_classifier_head():
 
 
 def test_every_built_in_ladder_runs_from_least_to_most_compression():
-    for name in ("inter", "intra", "tome"):
+    for name in ("inter", "intra", "tome", "hybrid"):
         ladder = methods.get(name).search_ladder
         assert len(ladder) >= 3, name
         for step in ladder:
@@ -162,6 +162,7 @@ def test_a_target_run_writes_the_fastest_passing_setting_and_reports_it_on_held_
     monkeypatch.setattr(type(methods.get("intra")), "search_ladder", ({"keep": 0.9}, {"keep": 0.6}, {"keep": 0.3}))
     monkeypatch.setattr(type(methods.get("inter")), "search_ladder", ({"threshold": 0.05},))
     monkeypatch.setattr(type(methods.get("tome")), "search_ladder", ())
+    monkeypatch.setattr(type(methods.get("hybrid")), "search_ladder", ())
     calib = write_demo_images(tmp_path / "calib", count=6, size=64)
     val = write_demo_images(tmp_path / "val", count=4, size=64, seed=1)
     out = tmp_path / "out"

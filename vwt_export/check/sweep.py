@@ -124,7 +124,7 @@ def rank(rows: list[Row]) -> list[Row]:
     return sorted(marked, key=lambda r: (-r.quality, r.latency_ms))
 
 
-MARKERS = {"fp32": "s", "int8": "D", "vwt": "o", "intra": "^", "tome": "v"}
+MARKERS = {"fp32": "s", "int8": "D", "vwt": "o", "intra": "^", "tome": "v", "hybrid": "P"}
 DPI = 110
 LABEL_RINGS_PT = (5, 12, 20, 30, 42, 56, 72)  # distances tried for a label from its point, nearest first
 LABEL_DIRECTIONS = 16

@@ -20,6 +20,9 @@ class Hybrid(Method):
     options = (*Inter.options, R)
     defaults = MappingProxyType({k: DEFAULTS[k] for k in ("threshold", "r")})  # why: hybrid/model.py
     sweep_keys = ("threshold", "r")
+    # least to most compression, along the real-data front (README, "Quality against speed on real data")
+    search_ladder = ({"threshold": 0.01, "r": 0.03}, {"threshold": 0.01, "r": 0.06}, {"threshold": 0.02, "r": 0.06},
+                     {"threshold": 0.02, "r": 0.08}, {"threshold": 0.03, "r": 0.1})
     needs_vocabulary = True
     precisions = ("fp32",)  # its float16 graph is not built (export_hybrid refuses it)
     stages = True  # cut at TokenMerge like inter's graph: tokenize + trunk

@@ -58,11 +58,13 @@ demo: setup
 
 # Everything but the wheel check, as CI runs it (.ci/run), and the everyday tier: the tests not marked slow
 # (pyproject.toml says which).
+# Two workers, each test file on one of them (module fixtures stay shared): many tests wait on single-threaded
+# Python or on a subprocess, and the real-data tier's file runs beside the rest.
 test: setup
-	$(BIN)/python -m pytest -q -m "not release"
+	$(BIN)/python -m pytest -q -m "not release" -n 2 --dist loadfile
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
 
 # dist/vwt_export-<version>-py3-none-<platform>.whl, carrying the op library; check-wheel installs it into a fresh
 # virtual environment and runs a VWT graph there (scripts/check_wheel.py, through tests/test_wheel.py).

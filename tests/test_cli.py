@@ -71,7 +71,7 @@ def test_intra_run(tmp_path, images, capsys):
 @pytest.mark.slow
 def test_python_dash_m_and_help():
     r = subprocess.run([sys.executable, "-m", "vwt_export", "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "--mode [none|intra|inter|tome]" in r.stdout
+    assert r.returncode == 0 and "--mode [none|intra|inter|tome|hybrid]" in r.stdout
 
 
 def _bad_inputs(tmp_path, images):

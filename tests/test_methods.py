@@ -194,3 +194,11 @@ def test_a_new_method_is_one_module_exported_verified_measured_and_reported(toy,
     assert vx.compress(model, "drop", stride=4)(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
     with pytest.raises(vx.VWTError, match="stride=0 is out of range"):
         vx.compress(model, "drop", stride=0)
+
+
+def test_a_sweep_value_one_owner_cannot_take_is_left_out_for_it_alone():
+    """r is tome's and the hybrid's: a fraction r sweeps the hybrid, and tome takes only its counts."""
+    specs = methods.sweep_specs(methods.parse_sweep(["r=0.03,8"]), methods.spec("inter"))
+    assert sorted((s.method, s.r) for s in specs) == [("hybrid", 0.03), ("hybrid", 8), ("tome", 8)]
+    with pytest.raises(vx.VWTError, match="tome merges a whole number of tokens"):
+        methods.spec("tome", r=0.05)

@@ -174,13 +174,13 @@ class _Search:
         spec = methods.spec(method.name, **{**base, **step})
         label = method.label({k: spec.values[k] for k in method.sweep_keys})
         if label not in self.paths:
-            reference = method.build(self.run.model, spec, self.vocab)
-            path = save_model(method.graph(self.base, reference, spec), self.folder / file_name(label))
-            self.run.written.append(path)
-            try:
+            try:  # a setting that cannot be built, exported or verified is no candidate; the search goes on
+                reference = method.build(self.run.model, spec, self.vocab)
+                path = save_model(method.graph(self.base, reference, spec), self.folder / file_name(label))
+                self.run.written.append(path)
                 self.run.verify(path, reference, "fp32", key=f"target/{path.name}")
                 self.paths[label] = path
-            except VWTError as e:  # a graph that is not its torch model is no candidate; the search goes on
+            except VWTError as e:
                 log.warning("target %s: %s left out: %s", self.run.cfg.checks.target, label, e)
                 self.run.note(f"target candidate {label}", f"left out, not verified: {e}")
                 self.paths[label] = None
@@ -262,6 +262,9 @@ def run_search(run, vocab) -> dict:
         r.latency_ms = timing[r.label]
         r.speedup = timing["fp32"] / timing[r.label]
     chosen, met = choose(rows, target)
+    if chosen is None:
+        raise VWTError(f"--target {target}: no candidate could be built and verified (see the warnings above); "
+                       "run without --target, with --mode and its options")
     chosen.chosen = True
     if met:
         log.info("target %s: chose %s (%s %.4f on the calibration images, %.2fx FP32 at batch 1)", target,
@@ -274,7 +277,9 @@ def run_search(run, vocab) -> dict:
               "images": len(pixels), "calib": str(cfg.data.calib), "timed_images": len(first), "met": met,
               "fp32_ms": fp32.latency_ms, "chosen": asdict(chosen) | {"variant": chosen.variant},
               "candidates": [asdict(r) for r in rows], "plot": "plots/target.png"}
-    plot(result, cfg.out / result["plot"])
+    from .plots import Heading
+
+    plot(result, cfg.out / result["plot"], Heading(cfg.model.name, cfg.model.weights, len(pixels), str(cfg.data.calib)))
     run.written.append(cfg.out / result["plot"])
     return result
 
@@ -299,8 +304,9 @@ def held_out(result: dict, variants: dict, images: int, folder) -> dict:
             "top1_agreement": fid.top1_agreement, "met": met, "file": v.file}
 
 
-def plot(result: dict, path) -> None:
-    """The candidates on the trade-off plot: the target as a line, the chosen one marked."""
+def plot(result: dict, path, heading=None) -> None:
+    """The candidates on the trade-off plot: the target as a line, the chosen one marked; `heading` (plots.Heading)
+    titles it."""
     from .sweep import pareto_front, plot_tradeoff
 
     rows = [{"label": r["label"], "method": _group(r), "quality": r["quality"], "latency_ms": r["latency_ms"]}
@@ -308,7 +314,7 @@ def plot(result: dict, path) -> None:
     front = set(pareto_front([(r["latency_ms"], r["quality"]) for r in rows]))
     for i, r in enumerate(rows):
         r["pareto"] = i in front
-    plot_tradeoff(rows, f"{result['quality']} (calibration images)", path, target=result["value"],
+    plot_tradeoff(rows, f"{result['quality']} (calibration images)", path, heading, target=result["value"],
                   chosen=result["chosen"]["label"])
 
 

@@ -117,7 +117,8 @@ def quantize_int8(model: onnx.ModelProto, calib_batches: Iterable[np.ndarray], i
             quantize_static(
                 str(src), str(dst), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=QUANTIZED_OPS,
-                nodes_to_exclude=excluded, calibrate_method=method, calibration_cache_path=cache,
+                nodes_to_exclude=excluded, calibrate_method=method,
+                **({"calibration_cache_path": str(cache)} if cache else {}),
                 # biases stay float: TensorRT dequantizes only 8-bit (and smaller) integers, not int32
                 extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
             )
@@ -133,8 +134,19 @@ def quantize_int8(model: onnx.ModelProto, calib_batches: Iterable[np.ndarray], i
 
 def _entropy_ranges(model_path: Path, reader, tmp: Path) -> Path:
     """Entropy calibration's tensor ranges, in the calibration cache file quantize_static reads."""
-    from onnxruntime.quantization import CalibrationMethod, create_calibrator
-    from onnxruntime.quantization.calibrate import save_tensors_data
+    import inspect
+
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator, quantize_static
+    from onnxruntime.quantization import calibrate
+
+    from ..errors import VWTError
+
+    if "calibration_cache_path" not in inspect.signature(quantize_static).parameters:
+        import onnxruntime
+
+        raise VWTError(f"--int8-calibration entropy needs an onnxruntime whose quantizer reads a calibration cache "
+                       f"(1.31 does; this is {onnxruntime.__version__}): upgrade it, or use minmax or percentile")
+    save_tensors_data = calibrate.save_tensors_data
 
     calibrator = create_calibrator(model_path, QUANTIZED_OPS, augmented_model_path=str(tmp / "augmented.onnx"),
                                    calibrate_method=CalibrationMethod.Entropy,

@@ -21,6 +21,7 @@ vx.compress). None stands for "not given" (the CLI's value for an option whose d
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar, Iterable, Mapping
@@ -28,6 +29,8 @@ from typing import Any, ClassVar, Iterable, Mapping
 from ..errors import VWTError
 from ..vwt import defaults
 from .options import Option
+
+log = logging.getLogger(__name__)
 
 PROP_ATTN = Option("prop_attn", defaults.PROP_ATTN, "proportional attention: weight merged tokens by their size", kind=bool)
 COMMON = (PROP_ATTN,)  # options every method takes; methods without merged tokens have nothing to weight
@@ -74,6 +77,9 @@ class Method:
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16")  # exported from torch (INT8 is quantized from FP32)
     stages: ClassVar[bool] = False  # also written as tokenize + trunk graphs (length-aware batching)
     groups_patches: ClassVar[bool] = False  # its reference has match(pixels) and grid_w: report.md draws the groups
+
+    def check(self, spec: Spec) -> None:
+        """A VWTError where values each valid for its option do not suit this method (ToMe takes no fraction r)."""
 
     def build(self, model, spec: Spec, vocab=None):
         """The torch reference of `model` (a timm ViT, unchanged) compressed as `spec` says, in eval mode."""
@@ -169,7 +175,9 @@ def spec(name: str, **given: Any) -> Spec:
         elif value != known[key].default:
             owners = [m.name for m in _METHODS.values() if key in takes(m)]
             raise VWTError(f"{key}={value!r} applies to {_modes(owners)} only, not '{name}'")
-    return Spec(name, MappingProxyType({k: values.get(k, default(method, k)) for k in own}))
+    out = Spec(name, MappingProxyType({k: values.get(k, default(method, k)) for k in own}))
+    method.check(out)
+    return out
 
 
 def compress(model, mode: str = "inter", *, vocab=None, **options: Any):
@@ -218,6 +226,9 @@ def sweep_specs(sweep: Mapping[str, tuple], run: Spec) -> list[Spec]:
         own = takes(method)
         base = {k: v for k, v in run.values.items() if k in own}
         axes = [sweep.get(k, (base.get(k, default(method, k)),)) for k in method.sweep_keys]
-        out += [spec(method.name, **{**base, **dict(zip(method.sweep_keys, combo))})
-                for combo in itertools.product(*axes)]
+        for combo in itertools.product(*axes):
+            try:
+                out.append(spec(method.name, **{**base, **dict(zip(method.sweep_keys, combo))}))
+            except VWTError as e:  # a value another method takes (a fraction r: hybrid, not tome)
+                log.info("--sweep: %s leaves out %s", method.name, e)
     return list(dict.fromkeys(out))

@@ -39,10 +39,12 @@ class ToMe(Method):
     search_ladder = tuple({"r": r} for r in (4, 8, 12, 16, 20))
     precisions = ("fp32",)  # its float16 graph is untested
 
-    def build(self, model, spec, vocab=None):
+    def check(self, spec):
         if isinstance(spec.r, float):
             raise VWTError(f"r={spec.r}: tome merges a whole number of tokens per block (a fraction of the tokens "
                            "applies to hybrid mode only)")
+
+    def build(self, model, spec, vocab=None):
         return compress_tome(model, spec.r, prop_attn=True)  # ToMe's own setting, whatever prop_attn says
 
     def graph(self, base, reference, spec):

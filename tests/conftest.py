@@ -71,3 +71,9 @@ def tritonserver():
         return find_triton()
     except VWTError as e:
         pytest.skip(f"serving extra not installed ({e})")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The real-data tier first: its file is the longest, and `make test`'s workers take files in this order, so
+    it runs beside the rest instead of after it."""
+    items.sort(key=lambda item: not item.nodeid.startswith("tests/realdata/"))

@@ -414,7 +414,7 @@ def export_setting(setting: Setting, model, baseline, check):
     if setting.label == "fp32":
         return baseline
     if setting.merging == "hybrid":
-        return export_hybrid(module, baseline=baseline, pixels=check[:4])
+        return export_hybrid(module, baseline=baseline)
     if setting.merging == "tome":
         return export_tome(module)
     if setting.patch is None and getattr(module, "mode", None) == "inter":

@@ -9,13 +9,14 @@ import torch
 from vwt_export.backends.onnxruntime import OrtRunner, create_session, needs_op_library
 from vwt_export.errors import VWTError
 from vwt_export.graph import ops
-from vwt_export.graph.hybrid_export import check_against_torch, export_hybrid, read_metadata
+from vwt_export.graph.hybrid_export import export_hybrid, read_metadata
 from vwt_export.graph.stages import split_stages
 from vwt_export.graph.surgery import make_portable
 from vwt_export.hybrid import compress_hybrid
 from vwt_export.vwt import NEAR_TIE_EPS
 
 from .conftest import images_for, mixed_threshold
+from .graph_check import check_against_torch
 
 R = 4
 
@@ -28,7 +29,7 @@ def exported(request, hybrid_models, hybrid_vocabs):
     x = images_for(model, seed=2)
     tile = 2 if request.param == "avg" else 0
     hmodel = compress_hybrid(model, vocab, threshold=mixed_threshold(model, x, vocab), r=R, tile=tile)
-    return hmodel, export_hybrid(hmodel, check=False), x  # the tests below do the checking
+    return hmodel, export_hybrid(hmodel), x  # the tests below do the checking
 
 
 def test_graph_has_one_token_merge_then_standard_ops(exported, op_library):
@@ -115,4 +116,4 @@ def test_fp16_is_refused(hybrid_models, hybrid_vocabs):
 
     model = copy.deepcopy(hybrid_models["cls"]).half()
     with pytest.raises(VWTError, match="float32"):
-        export_hybrid(compress_hybrid(model, hybrid_vocabs["cls"]), check=False)
+        export_hybrid(compress_hybrid(model, hybrid_vocabs["cls"]))

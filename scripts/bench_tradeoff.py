@@ -13,7 +13,8 @@ graph.quantize), its graph verified against the torch reference on 4 check crops
   cosine   per check crop, the cosine of the features to the FP32 graph's; mean and min over all crops;
   p50      one interleaved run (check/latency.measure): each round times every setting once, on `--time-images`
            check crops spread over the photos, one by one, in a rotating order; p50 over rounds, per image;
-  speed    FP32's p50 / the setting's.
+  speed    FP32's p50 / the setting's; "best" the same ratio of the fastest rounds (a shared virtual machine's
+           stolen time only ever adds to a round, so the fastest round is the least disturbed one).
 
 Graphs and the vocabulary are kept in --out (default ~/.cache/vwt-export/bench-tradeoff) and reused unless
 --fresh. Takes ~15 minutes on 2 busy cores, most of it exporting.
@@ -50,19 +51,25 @@ MODEL, MODEL_ARGS = "vit_small_patch14_dinov2", {"img_size": 224, "num_classes":
 VOCAB_SIZE = 400  # image space: the size the real-data defaults were chosen with
 
 # (label, mode, options, int8): the issue's settings, the hybrid around its default, and INT8 stacks
+# the hybrid's (threshold, r) with groups in 2 x 2 squares (its default tile), and those also stacked with INT8
+TILED = ((0.01, 0.06), (0.015, 0.055), (0.02, 0.05), (0.03, 0.05), (0.05, 0.05), (0.05, 0.08), (0.1, 0.05), (0.2, 0.06),
+         (0.2, 0.08))
+TILED_INT8 = ((0.015, 0.055), (0.03, 0.05), (0.05, 0.08), (0.1, 0.05), (0.2, 0.06), (0.2, 0.08))
 SETTINGS = [
     ("fp32", "none", {}, False),
     ("int8", "none", {}, True),
     *[(f"tome r={r}", "tome", {"r": r}, False) for r in (8, 12, 16, 20)],
     *[(f"inter local t={t}", "inter", {"threshold": t}, False) for t in (0.02, 0.03, 0.05, 0.1)],
     ("intra keep=0.75", "intra", {"keep": 0.75}, False),
-    *[(f"hybrid t={t} r={r}", "hybrid", {"threshold": t, "r": r}, False)
-      for t, r in ((0.01, 0.06), (0.02, 0.05), (0.02, 0.08), (0.03, 0.08))],
+    *[(f"hybrid t={t} r={r} tile=0", "hybrid", {"threshold": t, "r": r, "tile": 0}, False)
+      for t, r in ((0.01, 0.06), (0.02, 0.05), (0.02, 0.08))],
+    *[(f"hybrid t={t} r={r} tile=2", "hybrid", {"threshold": t, "r": r, "tile": 2}, False) for t, r in TILED],
     ("tome r=16 + int8", "tome", {"r": 16}, True),
     ("tome r=20 + int8", "tome", {"r": 20}, True),
     ("inter local t=0.05 + int8", "inter", {"threshold": 0.05}, True),
-    ("hybrid t=0.01 r=0.06 + int8", "hybrid", {"threshold": 0.01, "r": 0.06}, True),
-    ("hybrid t=0.02 r=0.08 + int8", "hybrid", {"threshold": 0.02, "r": 0.08}, True),
+    *[(f"hybrid t={t} r={r} tile=0 + int8", "hybrid", {"threshold": t, "r": r, "tile": 0}, True)
+      for t, r in ((0.01, 0.06), (0.02, 0.08))],
+    *[(f"hybrid t={t} r={r} tile=2 + int8", "hybrid", {"threshold": t, "r": r, "tile": 2}, True) for t, r in TILED_INT8],
 ]
 
 
@@ -93,8 +100,8 @@ def build(label, mode, options, int8, model, vocab, base_path, calib_batches, ch
         proto = method.graph(onnx.load(str(base_path)), reference, spec)
         save_model(proto, fp32_path)
         v = verify_graph(fp32_path, reference, torch.from_numpy(check_x[:4]))
-        say(f"  verified against torch on 4 check crops: max relative error {v.max_rel_err:.1e}, "
-            f"{v.images_with_near_ties} images with near-ties")
+        say(f"  verified against torch on {v.compared} of 4 check crops (the others hold near-ties): max relative "
+            f"error {v.max_rel_err:.1e}" if v.verified else f"  NOT verified: {v.reason}")
     if not int8:
         return fp32_path
     path = fp32_path.with_suffix(".int8.onnx")
@@ -152,17 +159,19 @@ def main() -> None:
     say(f"timing: {args.rounds} rounds (+1 warm-up) x {len(runners)} settings x {len(first)} crops, interleaved")
     timing = latency.measure(per_image, {1: first[:1]}, warmup=1, reps=args.rounds)
     p50 = {label: timing[label][1]["p50_ms"] / len(first) for label in runners}
+    best = {label: timing[label][1]["min_ms"] / len(first) for label in runners}
 
     lines = [f"DINOv2-S/14 at 224 px (257 tokens), real weights; {len(check_x)} check crops "
              f"({len(calib_x)} calibration crops for the vocabulary of {vocab.size} image-space words and INT8 "
              f"ranges); ONNX Runtime {__import__('onnxruntime').__version__} CPU, op-library graphs, batch 1, one "
-             f"interleaved run: {args.rounds} rounds x {len(first)} crops (spread over the photos), p50 per image; {os.cpu_count()} cores "
-             "shared with other work.", "",
-             "| setting | tokens kept | cosine mean / min | p50 ms | speed vs FP32 |", "|---|---:|---:|---:|---:|"]
+             f"interleaved run: {args.rounds} rounds x {len(first)} crops (spread over the photos), p50 per image; "
+             f"{os.cpu_count()} cores.", "",
+             "| setting | tokens kept | cosine mean / min | p50 ms | speed vs FP32 | best |",
+             "|---|---:|---:|---:|---:|---:|"]
     for label in runners:
         cos = cosine_similarities(features["fp32"], features[label])
         lines.append(f"| {label} | {tokens[label]:.1f} ({tokens[label] / 257:.0%}) | {cos.mean():.4f} / {cos.min():.4f} "
-                     f"| {p50[label]:.1f} | {p50['fp32'] / p50[label]:.2f}x |")
+                     f"| {p50[label]:.1f} | {p50['fp32'] / p50[label]:.2f}x | {best['fp32'] / best[label]:.2f}x |")
     lines += ["", f"Command: `PYTHONPATH=. python scripts/bench_tradeoff.py --rounds {args.rounds} --time-images "
               f"{args.time_images}`; {time.perf_counter() - t0:.0f} s."]
     print("\n".join(lines))

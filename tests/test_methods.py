@@ -48,8 +48,8 @@ def test_defaults_come_from_the_registry_and_other_methods_defaults_are_harmless
     assert [(s.method, dict(s.values)) for s in swept] == [
         ("inter", {"threshold": 0.3, "grouping": "local", "space": None, "prop_attn": True}),  # the run's threshold
         ("tome", {"r": 2, "prop_attn": True}), ("tome", {"r": 3, "prop_attn": True}),
-        ("hybrid", {"threshold": 0.3, "grouping": "local", "space": None, "r": 2, "prop_attn": True}),
-        ("hybrid", {"threshold": 0.3, "grouping": "local", "space": None, "r": 3, "prop_attn": True})]
+        ("hybrid", {"threshold": 0.3, "grouping": "local", "space": None, "r": 2, "tile": 2, "prop_attn": True}),
+        ("hybrid", {"threshold": 0.3, "grouping": "local", "space": None, "r": 3, "tile": 2, "prop_attn": True})]
 
 
 def test_a_method_may_default_a_shared_option_its_own_way():

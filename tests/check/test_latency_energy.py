@@ -10,7 +10,7 @@ def test_latency_covers_every_variant_and_batch_with_ordered_percentiles():
     assert set(out) == {"a", "b", "c"} and all(set(v) == {1, 4} for v in out.values())
     for per_batch in out.values():
         for b, s in per_batch.items():
-            assert s["runs"] == 5 and s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"]
+            assert s["runs"] == 5 and s["min_ms"] <= s["p50_ms"] <= s["p90_ms"] <= s["p99_ms"]
             assert s["images_per_s"] > 0
     assert len(calls) == 3 * 2 * (2 + 5)
     firsts = [calls[i * 6][0] for i in range(7)]  # the order rotates between repetitions

@@ -3,6 +3,7 @@
 import itertools
 import json
 import re
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import vwt_export as vx
 from vwt_export import methods
 from vwt_export.artefacts import Variant
-from vwt_export.check.target import Row, choose, markdown, midpoint, walk
+from vwt_export.check.target import Row, choose, lower_bound, markdown, midpoint, per_image, walk
 from vwt_export.config import Target, parse_target
 from vwt_export.cli import main
 from vwt_export.demo import write_demo_images
@@ -104,6 +105,63 @@ def test_the_fastest_passing_candidate_is_chosen():
     assert met and chosen.label == "c"
 
 
+def test_a_candidate_whose_mean_meets_the_target_but_whose_bound_misses_it_is_not_chosen():
+    rows = [_row("fp32", 1.0, 100.0, reference=True), _row("spread", 0.985, 40.0), _row("steady", 0.984, 60.0)]
+    rows[1].bound, rows[2].bound = 0.972, 0.981  # one image in ten far off, against all images close
+    chosen, met = choose(rows, Target("cosine", 0.98))
+    assert met and chosen.label == "steady"
+
+
+def test_the_cosine_bound_covers_the_true_mean_about_95_times_in_100():
+    # per-image cosines as the real photos give them: most near 1, a long tail of images merged badly
+    rng = np.random.default_rng(0)
+    n, trials, shape = 32, 2000, (0.6, 40.0)  # 1 - Beta(0.6, 40): mean 0.985, a few images below 0.9
+    true_mean = 1 - shape[0] / sum(shape)
+    samples = 1 - rng.beta(*shape, size=(trials, n))
+    covered = np.mean([lower_bound(x, "cosine", resamples=500) <= true_mean for x in samples])
+    assert 0.92 <= covered <= 0.98, covered
+    assert np.mean([x.mean() <= true_mean for x in samples]) < 0.7  # the mean alone: a coin toss
+
+
+def test_the_top1_bound_is_wilsons_score_bound():
+    z = NormalDist().inv_cdf(0.95)
+    for agree, n in ((32, 32), (30, 32), (5, 8), (90, 100)):
+        values = np.r_[np.ones(agree), np.zeros(n - agree)]
+        b, p = lower_bound(values, "top1"), agree / n
+        assert b < p
+        # the bound is where the score statistic (p - b) / sqrt(b (1 - b) / n) reaches z
+        assert (p - b) / np.sqrt(b * (1 - b) / n) == pytest.approx(z, rel=1e-6)
+    assert lower_bound(np.array([0.97]), "cosine") == pytest.approx(0.97)  # one image: no spread to bound
+
+
+def test_one_bad_image_among_near_equal_ones_lowers_the_bound_about_as_much_as_the_normal_bound():
+    # resamples that miss the bad image have almost no spread: unguarded, their t runs off and the bound with it
+    values = np.r_[0.9995 + 0.0002 * np.random.default_rng(2).standard_normal(55), 0.93]
+    normal = values.mean() - NormalDist().inv_cdf(0.95) * values.std(ddof=1) / np.sqrt(len(values))
+    assert normal - 0.005 <= lower_bound(values, "cosine") <= normal
+
+
+@pytest.mark.parametrize("values", [[1.0, 0.9], [1.0, 1.0, 0.95], [1.0] * 63 + [0.8], [0.99999994] * 40 + [1.0] * 24])
+def test_the_cosine_bound_stays_sane_where_images_repeat(values):
+    # resamples of one repeated value have no spread: they must not blow the bound up (float32 cosines of images a
+    # setting leaves untouched are all 1.0 or 0.99999994)
+    values = np.array(values)
+    bound = lower_bound(values, "cosine")
+    assert values.min() - 0.2 <= bound <= values.mean()
+    sd = values.std(ddof=1)
+    assert bound <= values.mean() - 0.5 * sd / np.sqrt(len(values)) or sd < 1e-6
+
+
+def test_per_image_quality_averages_to_the_reports_figures():
+    from vwt_export.check.accuracy import cosine_similarity, top1_agreement
+
+    rng = np.random.default_rng(1)
+    ref, out = rng.normal(size=(16, 10)), rng.normal(size=(16, 10))
+    out[:8] = ref[:8] + 0.01 * out[:8]
+    assert per_image("cosine", ref, out).mean() == pytest.approx(cosine_similarity(ref, out))
+    assert per_image("top1", ref, out).mean() == pytest.approx(top1_agreement(ref, out))
+
+
 def test_with_nothing_meeting_the_target_the_closest_is_shown():
     rows = [_row("fp32", 1.0, 100.0, reference=True), _row("a", 0.95, 80.0), _row("b", 0.97, 60.0)]
     chosen, met = choose(rows, Target("cosine", 0.999))
@@ -172,7 +230,8 @@ def test_a_target_run_writes_the_fastest_passing_setting_and_reports_it_on_held_
               "--batch", "1", "--reps", "2", "--target", "cosine=0.99", "--out", str(out), "--quiet"])
     _, err = capsys.readouterr()
     assert exc.value.code == 0, err
-    assert re.search(r"target cosine=0.99: intra keep=0.9: cosine 0\.\d{4} on 6 calibration images", err)
+    assert re.search(r"target cosine=0.99: intra keep=0.9: cosine 0\.\d{4}, lower bound -?\d\.\d{4}, on 6 "
+                     r"calibration images", err)
     report = json.loads((out / "report.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     t = report["target"]
@@ -188,9 +247,12 @@ def test_a_target_run_writes_the_fastest_passing_setting_and_reports_it_on_held_
         assert steps == [0.9, 0.6, 0.3][: len(steps)] and (first_miss is None or first_miss == len(steps) - 1)
         for k in keeps[len(steps):]:
             assert steps[-2] > k > steps[-1]
-    passing = [r for r in rows if not r["reference"] and r["quality"] >= 0.99]
+    for r in rows:  # the bound lies below the mean, within the range cosines take; passes says it met the target
+        assert -1.0 <= r["bound"] <= r["quality"] and r["passes"] == (r["bound"] >= 0.99 or r["reference"])
+    assert any(r["bound"] < r["quality"] - 1e-4 for r in rows if not r["reference"])  # a spread was bounded
+    passing = [r for r in rows if not r["reference"] and r["bound"] >= 0.99]
     assert t["met"] == bool(passing)
-    fastest = min(passing, key=lambda r: (r["latency_ms"], -r["quality"]))
+    fastest = min(passing, key=lambda r: (r["latency_ms"], -r["bound"]))
     assert t["chosen"]["label"] == fastest["label"] and [r["label"] for r in rows if r["chosen"]] == [fastest["label"]]
     # written as if its mode and options had been given
     assert report["settings"]["mode"] == fastest["mode"]

@@ -83,3 +83,27 @@ def test_near_ties_are_counted_one_way_with_plurals_right():
     assert near_tie_summary(ties) == "5 of 8 verification images hold a near-tie merge decision (model.tome.onnx)"
     one = ExportResult(None, Path("."), verification={"model.vwt.onnx": keyed}).near_ties
     assert near_tie_summary(one).startswith("1 patch in 1 of 8 verification images")
+
+
+class _TiedEverywhere(torch.nn.Module):
+    """A model whose every image holds a decision within the near-tie margin (as a hybrid may, merging in every
+    block): its outputs cannot be compared, only its near-ties counted."""
+
+    def __init__(self, model, tied):
+        super().__init__()
+        self.model, self.tied = model, tied
+
+    def forward(self, x):
+        return self.model(x)
+
+    def decision_margins(self, x):
+        return torch.where(self.tied, torch.zeros(len(x)), torch.ones(len(x)))
+
+
+def test_a_graph_whose_every_image_is_tied_is_not_called_verified(setting, tmp_path):
+    model, pixels, _, proto = setting
+    path = save_model(proto, tmp_path / "model.onnx")
+    v = verify_graph(path, _TiedEverywhere(model, torch.tensor([True, True])), pixels)
+    assert not v.verified and v.compared == 0 and v.max_rel_err is None and "not compared" in v.reason
+    v = verify_graph(path, _TiedEverywhere(model, torch.tensor([True, False])), pixels)
+    assert v.verified and v.compared == 1 and v.images_with_near_ties == 1 and v.max_rel_err < 1e-4

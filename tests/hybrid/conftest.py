@@ -53,6 +53,7 @@ def make_hybrid(hybrid_models, hybrid_vocabs):
         model, vocab = hybrid_models[kind], hybrid_vocabs[kind]
         x = images_for(model, seed=seed)
         options.setdefault("threshold", mixed_threshold(model, x, vocab))
+        options.setdefault("tile", 0)  # the test images' groups were made for unbounded grouping; tiles: test_model
         return compress_hybrid(model, vocab, **options), x
 
     return make

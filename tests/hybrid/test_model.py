@@ -43,12 +43,12 @@ def test_matches_reference(make_hybrid, kind, r, prop_attn, tile):
     assert hmodel.last_token_counts.tolist() == pytest.approx(seen.float().mean(1).tolist())
 
 
-@pytest.mark.parametrize("kind", ["registers", "avg"])
-def test_batch_equals_images_one_by_one_block_by_block(make_hybrid, kind):
+@pytest.mark.parametrize("kind,tile", [("registers", 0), ("avg", 0), ("cls", 2)])  # tile 2: the default
+def test_batch_equals_images_one_by_one_block_by_block(make_hybrid, kind, tile):
     """After every block, image b's real tokens are the first L_b positions, in the order of the image run alone,
     with the same sizes; everything after them is a pad of size 0. So the next block's A/B split is the image's
     own, which is what makes the whole batch equal the images one by one."""
-    hmodel, x = make_hybrid(kind, r=4, seed=1)
+    hmodel, x = make_hybrid(kind, r=4, seed=1, tile=tile)
     batch_trace, margins = [], []
     with torch.no_grad():
         batched = hmodel.forward_features(x, trace=batch_trace, margins=margins)
@@ -79,7 +79,7 @@ def test_pads_never_merge_with_5_and_60_tokens(hybrid_models):
     quadrants = (grid // 8 // 4) * 2 + (grid % 8) // 4
     keys = torch.stack([quadrants.reshape(-1), torch.where(torch.arange(64) < 6, 0, torch.arange(64))])
     vocab = vx.Vocabulary(torch.randn(4, 3 * 16 * 16), patch_size=16)
-    hmodel = compress_hybrid(model, vocab, r=8, prop_attn=True)
+    hmodel = compress_hybrid(model, vocab, r=8, prop_attn=True, tile=0)
     trace = []
     with torch.no_grad():
         logits = hmodel(x, keys=keys)

@@ -127,7 +127,8 @@ class ExportResult:
         """The near-ties of the verified graph that had the most (summary.json's near_ties; the console's line):
         its file, its near-tie patches (word matching; 0 where decisions are per image), the images holding any,
         and the verification images. Counted as each graph's verification counts them (check/verify.py)."""
-        worst = max(self.verification.items(), key=lambda kv: (kv[1].get("images_with_near_ties", 0),
+        verified = {k: v for k, v in self.verification.items() if v.get("verified")}
+        worst = max(verified.items(), key=lambda kv: (kv[1].get("images_with_near_ties", 0),
                                                                 kv[1].get("near_ties", 0)), default=(None, {}))
         file, v = worst if worst[1].get("images_with_near_ties") else (None, {})
         return {"file": file, "patches": v.get("near_ties", 0), "images": v.get("images_with_near_ties", 0),
@@ -197,8 +198,12 @@ class Run:
             from .verify import near_tie_phrase
 
             ties = near_tie_phrase(v.as_dict())
-            log.info("verified %s against torch (%s) on %d images: max relative error of the outputs %.1e (tolerance "
-                     "%.0e)%s", path.name, precision, len(pixels), v.max_rel_err, v.tolerance, f"; {ties}" if ties else "")
+            if not v.verified:
+                log.warning("%s written but %s", path.name, v.reason)
+            else:
+                log.info("verified %s against torch (%s) on %d images: max relative error of the outputs %.1e "
+                         "(tolerance %.0e)%s", path.name, precision, v.compared, v.max_rel_err, v.tolerance,
+                         f"; {ties}" if ties else "")
         self.verification[key or path.name] = v
         return v
 

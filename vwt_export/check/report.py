@@ -11,10 +11,10 @@ report.json, version 1:
                 fidelity {top1_agreement, top5_overlap, kl_divergence, cosine_similarity} vs fp32
                   (the first three null for a headless model: its outputs are features, not class scores),
                 tokens {mean, min, max, counts}, merge_share | null, batching (padded | length-aware (...)),
-                latency {batch: {p50_ms, p90_ms, p99_ms, mean_ms, runs, images_per_s}},
+                latency {batch: {p50_ms, p90_ms, p99_ms, mean_ms, min_ms, runs, images_per_s}},
                 energy {available, reason | j_per_image_gross, j_per_image_net, ...}}}
   verification {file: {verified, max_rel_err | reason, patches, near_ties, images_with_near_ties, matches_differ,
-               against (a stage pair: its one graph)}}: FP32 and FP16 graphs against torch
+               against (a stage pair: its one graph), images, compared}}: FP32 and FP16 graphs against torch
   measured     {file: {file, against, images, cosine_mean, cosine_min, top1_agreement | null, max_rel_err}}:
                quantized graphs and stage pairs against the graph they come from (check/verify.py)
   timing       {reps, warmup, images_at_batch_1}: the one interleaved run every latency comes from (check/variants.py)
@@ -22,9 +22,9 @@ report.json, version 1:
   polygraphy   {inputs, outputs: {file: reference}, commands}
   sweep        (with --sweep) {images, quality, plot, ranked: [{label, method, file, quality, tokens, latency_ms,
                pareto}]}
-  target       (with --target) {target, metric, value, quality, images, calib, timed_images, met, fp32_ms, plot,
-               chosen, candidates: [{label, mode, options, int8, file, quality, tokens, latency_ms, speedup, passes,
-               reference, chosen}], held_out {images, folder, quality, cosine, top1_agreement, met, file}}
+  target       (with --target) {target, metric, value, quality, confidence, images, calib, timed_images, met, fp32_ms,
+               plot, chosen, candidates: [{label, mode, options, int8, file, quality, bound, tokens, latency_ms, speedup,
+               passes, reference, chosen}], held_out {images, folder, quality, cosine, top1_agreement, met, file}}
                (check/target.py; summary.json holds the same)
 """
 

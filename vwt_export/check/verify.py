@@ -51,6 +51,7 @@ class Verification:
     matches_differ: int = 0  # patches matched differently by the graph (near-ties, or FP16 rounding)
     against: str | None = None  # what it was checked against, when not its torch model (a stage pair: its one graph)
     images: int = 0  # verification images it ran on
+    compared: int | None = None  # of those, the images whose outputs were compared (the rest hold near-tie decisions)
     tolerance: float | None = None  # the largest max_rel_err that passes
 
     def as_dict(self) -> dict:
@@ -113,7 +114,13 @@ def verify_graph(graph: Path | onnx.ModelProto, reference, pixels: torch.Tensor,
             # decisions per image: no patch count; with keys too, an image may hold either kind
             v.images_with_near_ties = int(((ties.any(axis=1) if keyed else False) | ~clear).sum())
     relative_error(expected, actual, name)  # the shapes, whatever is compared
-    v.max_rel_err = _check(relative_error(expected[clear], actual[clear], name), rtol, name) if clear.any() else 0.0
+    v.compared = int(clear.sum())
+    if not clear.any():  # nothing to compare is no verification: say so rather than report an error of 0
+        v.verified = False
+        v.reason = (f"not compared with torch: all {len(x)} verification images hold a decision within "
+                    f"{NEAR_TIE_EPS:g} of a tie")
+        return v
+    v.max_rel_err = _check(relative_error(expected[clear], actual[clear], name), rtol, name)
     return v
 
 
@@ -223,7 +230,8 @@ def describe_verification(key: str, c: dict, output: str) -> str:
     name = _files(c["file"]) if pair else f"`{key}`"
     against = (f"`{c['against']}` (the one graph they were split from; run length-aware)" if pair
                else f"`{c['against']}`" if c.get("against") else "its torch model")
-    on = f" on {plural(c['images'], 'image')}" if c.get("images") else ""
+    images = c.get("compared", c.get("images"))  # the images whose outputs were compared
+    on = f" on {plural(images, 'image')}" if images else ""
     tol = f" (tolerance {c['tolerance']:.0e})" if c.get("tolerance") is not None else ""
     given = ", the torch model run on the graph's own word matches" if c.get("patches") else ""
     ties = near_tie_phrase(c)

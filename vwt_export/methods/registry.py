@@ -9,7 +9,7 @@
 
 A method is a `Method` subclass decorated with `@register`; importing its module registers it (methods/__init__.py
 imports the built-in ones). An option is one `Option` object owned by the methods that list it: a method may list
-another's (hybrid: `options = (*Inter.options, R)`), and the check comes with it. Two different options under one
+another's (hybrid: `options = (*Inter.options, R, TILE)`), and the check comes with it. Two different options under one
 name are refused at registration, so each option is declared once. A method may give a shared option a default of
 its own (`Method.defaults`: hybrid groups at a lower threshold than inter, its blocks merging the rest).
 

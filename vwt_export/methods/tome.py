@@ -27,7 +27,7 @@ def parse_r(value: int | float | str) -> int | float:
     return value
 
 
-R = Option("r", 8, "tome, hybrid: merges per block (hybrid: also a fraction of its tokens, 0.06)", parser=parse_r)
+R = Option("r", 8, "tome, hybrid: merges per block (hybrid: also a fraction of its tokens, 0.055)", parser=parse_r)
 
 
 @register

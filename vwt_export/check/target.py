@@ -103,8 +103,8 @@ def lower_bound(values: np.ndarray, metric: str, resamples: int = BOOTSTRAP) -> 
     (Efron and Tibshirani, ch. 12): per-image cosines have a long lower tail (most images near 1, a few merged
     badly), where the normal bound, mean less z standard errors, covered the true mean 86-88 times in 100 instead
     of 95 and the floored bootstrap-t 94 (tests/check/test_target.py); resampled with a fixed seed, so a run
-    repeats; never above the normal bound. Top-1 agreement (a share
-    of images): Wilson's score bound, which stays below 1 when every image agrees. One image: its value."""
+    repeats; never above the normal bound. Top-1 agreement (a share of images): Wilson's score bound, which stays
+    below 1 when every image agrees. One image: its value."""
     values = np.asarray(values, dtype=np.float64)
     n, mean, z = len(values), float(values.mean()), Z
     if n < 2:

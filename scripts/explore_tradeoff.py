@@ -46,7 +46,7 @@ import vwt_export as vx  # noqa: E402
 from vwt_export.check.accuracy import cosine_similarity  # noqa: E402
 from vwt_export.data import iter_image_batches, list_images  # noqa: E402
 from vwt_export.hybrid import compress_hybrid  # noqa: E402
-from vwt_export.hybrid.merge import removed  # noqa: E402
+from vwt_export.hybrid.merge import removed, tile_offsets  # noqa: E402
 from vwt_export.tome import compress_tome  # noqa: E402
 from vwt_export.vwt import model as vwt_model  # noqa: E402
 
@@ -165,6 +165,17 @@ class Setting:
 
 
 @contextlib.contextmanager
+def swapped(name: str, variant):
+    """vwt_model.<name> replaced by `variant` within the block (the compressed model looks it up per call)."""
+    original = getattr(vwt_model, name)
+    setattr(vwt_model, name, variant)
+    try:
+        yield
+    finally:
+        setattr(vwt_model, name, original)
+
+
+@contextlib.contextmanager
 def group_token(form: str):
     """How a group's token is formed. mean: the mean of its members' tokens (patch embedding + position, the
     default). norm: that mean rescaled to its members' mean norm (averaging shrinks dissimilar tokens).
@@ -199,18 +210,14 @@ def group_token(form: str):
         out = torch.where(sizes[:, num_prefix:, None] > 0, out, torch.zeros_like(out))
         return torch.cat([merged[:, :num_prefix], out], dim=1), sizes
 
-    vwt_model.token_merge = merge
-    try:
+    with swapped("token_merge", merge):
         yield
-    finally:
-        vwt_model.token_merge = original
 
 
 @contextlib.contextmanager
 def matched_share(share: float):
     """A per-image threshold: in each image the `share` of patches nearest to a word are matched (whatever their
     distance), so a busy photo and a plain one both merge a fixed share of their patches."""
-    original = vwt_model.match_keys
 
     def match(features, unit_words, threshold):
         from vwt_export.vwt.inter import similarity, unmatched_keys
@@ -220,11 +227,8 @@ def matched_share(share: float):
         cut = top.topk(k, dim=1).values[:, -1:]
         return torch.where(top >= cut, best, unmatched_keys(*best.shape, unit_words.shape[0], best.device))
 
-    vwt_model.match_keys = match
-    try:
+    with swapped("match_keys", match):
         yield
-    finally:
-        vwt_model.match_keys = original
 
 
 @contextlib.contextmanager
@@ -235,16 +239,10 @@ def tiled(tile: int, grid_w: int):
 
     def match(features, unit_words, threshold):
         keys = original(features, unit_words, threshold)
-        n = torch.arange(keys.shape[1])
-        tiles_w = -(-grid_w // tile)
-        tile_id = (n // grid_w // tile) * tiles_w + (n % grid_w) // tile
-        return keys + (unit_words.shape[0] + keys.shape[1]) * tile_id
+        return keys + tile_offsets(keys.shape[1], grid_w, tile, unit_words.shape[0])
 
-    vwt_model.match_keys = match
-    try:
+    with swapped("match_keys", match):
         yield
-    finally:
-        vwt_model.match_keys = original
 
 
 @contextlib.contextmanager
@@ -262,11 +260,8 @@ def same_magnitude(words: torch.Tensor, ratio: float):
         unmatched = unit_words.shape[0] + torch.arange(keys.shape[1]).expand_as(keys)
         return torch.where(matched & close, keys, unmatched)
 
-    vwt_model.match_keys = match
-    try:
+    with swapped("match_keys", match):
         yield
-    finally:
-        vwt_model.match_keys = original
 
 
 def settings(model, calib) -> list[Setting]:

@@ -41,6 +41,13 @@ from .merge import (Rule, bipartite_matching, decision_margin, merge_tokens, par
 DEFAULTS = {"threshold": 0.015, "r": 0.055, "grouping": defaults.GROUPING, "prop_attn": defaults.PROP_ATTN, "tile": 2}
 
 
+def check_tile(tile) -> int:
+    """`tile` as the model takes it: 0 (groups unbounded) or the side, in patches, of the squares no group crosses."""
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile == 1 or tile < 0:
+        raise VWTError(f"tile={tile!r}: a group's extent is 0 (unbounded) or a square of >= 2 patches a side")
+    return tile
+
+
 def hybrid_block(blk: nn.Module, x: torch.Tensor, sizes: torch.Tensor, rule: Rule, num_prefix: int, prop_attn: bool,
                  margins: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One timm Block on a padded batch x[B, T, D] with sizes float32 [B, T] (0 for pads), merging between
@@ -72,9 +79,7 @@ class HybridViT(nn.Module):
         check_supported(model)
         if grouping not in GROUPINGS:
             raise VWTError(f"unknown grouping '{grouping}' (use one of {', '.join(GROUPINGS)})")
-        if isinstance(tile, bool) or not isinstance(tile, int) or tile == 1 or tile < 0:
-            raise VWTError(f"tile={tile!r}: a group's extent is 0 (unbounded) or a square of >= 2 patches a side")
-        self.tile = tile
+        self.tile = check_tile(tile)
         self.vwt = CompressedViT(model, "inter", vocab=vocab, threshold=threshold, space=space, prop_attn=prop_attn,
                                  grouping=grouping)
         self.model = model

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from ..errors import VWTError
-from ..hybrid.model import DEFAULTS
+from ..hybrid.model import DEFAULTS, check_tile
 from .inter import Inter
 from .options import Option
 from .registry import Method, register
@@ -16,14 +15,13 @@ from .tome import R
 
 
 def parse_tile(value: int | str) -> int:
-    """0 (a group may span the image) or the side, in patches, of the squares no group crosses (>= 2)."""
-    try:
-        tile = int(value) if isinstance(value, str) else value
-    except ValueError:
-        tile = None
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile == 1 or tile < 0:
-        raise VWTError(f"tile={value!r}: expected 0 (groups unbounded) or a square's side in patches, >= 2")
-    return tile
+    """--tile's value (text from the command line or --sweep, else a number) checked as the model checks it."""
+    if isinstance(value, str):
+        try:
+            value = int(value)
+        except ValueError:
+            pass  # check_tile names the text
+    return check_tile(value)
 
 
 # why: a group then stands for nearby patches only; on the real data it kept more quality at every threshold

@@ -183,6 +183,22 @@ def merge_tokens(x: torch.Tensor, sizes: torch.Tensor, m: Matching, num_prefix: 
     return out_x / out_size.clamp(min=1).unsqueeze(-1), out_size.float()
 
 
+def merge_step(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, rule: Rule, num_prefix: int,
+               margins: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One in-block merge, what the graph's vwt::BlockMerge node computes: x[B, T, D], metric[B, T, C] (the keys
+    averaged over heads), sizes float32 [B, T] -> (x, sizes) [B, T - removed(T), ...]. Every image b merges
+    r_b = removed(L_b) of its own tokens. A step that removes nothing (removed(T) = 0) returns its input, as an
+    image alone skips it. Pads' token values are unspecified (here as given or zero; BlockMerge's body gives
+    zero). With `margins`, the step's decision margin per image [B] is appended to it."""
+    t_out = x.shape[1] - removed(x.shape[1], num_prefix, rule)
+    if rule == 0 or (isinstance(t_out, int) and t_out == x.shape[1]):
+        return x, sizes
+    r_img = removed_per_image((sizes > 0).sum(dim=1), num_prefix, rule)
+    if margins is not None:
+        margins.append(decision_margin(metric, sizes, r_img, num_prefix))
+    return merge_tokens(x, sizes, bipartite_matching(metric, sizes, r_img, num_prefix), num_prefix, t_out)
+
+
 def tile_offsets(num_patches: int, grid_w: int, tile: int, num_words: int) -> torch.Tensor:
     """int64 [N]: added to the matching's keys (each in [0, V + N)) so that equal keys in different tile x tile
     squares of the patch grid differ: no group crosses a tile, a token stands for at most tile^2 patches. Groups

@@ -28,8 +28,7 @@ from ..vwt import defaults
 from ..vwt.inter import GROUPINGS
 from ..vwt.model import CompressedViT
 from ..vwt.vocab import Vocabulary
-from .merge import (Rule, bipartite_matching, decision_margin, merge_tokens, parse_rules, removed, removed_per_image,
-                    rule_label, tile_offsets)
+from .merge import Rule, merge_step, parse_rules, rule_label, tile_offsets
 
 # Chosen on the real weights and photos (scripts/bench_tradeoff.py, README "Quality against speed"): a low
 # threshold groups only near-identical neighbours, and the blocks merge a fraction of each image's own tokens
@@ -53,15 +52,7 @@ def hybrid_block(blk: nn.Module, x: torch.Tensor, sizes: torch.Tensor, rule: Rul
     """One timm Block on a padded batch x[B, T, D] with sizes float32 [B, T] (0 for pads), merging between
     attention and MLP. With `margins`, the step's decision margin per image [B] is appended to it."""
     attn_out, metric = attention_with_keys(blk.attn, blk.norm1(x), attention_bias(sizes, prop_attn, x.dtype))
-    x = x + blk.drop_path1(blk.ls1(attn_out))
-    t_out = x.shape[1] - removed(x.shape[1], num_prefix, rule)
-    # an eager step that removes nothing is skipped, as an image alone skips it; an export always runs the merge
-    # ops (T is symbolic there), which then keep every token (x * size / size: float noise)
-    if rule != 0 and not (isinstance(t_out, int) and t_out == x.shape[1]):
-        r_img = removed_per_image((sizes > 0).sum(dim=1), num_prefix, rule)
-        if margins is not None:
-            margins.append(decision_margin(metric, sizes, r_img, num_prefix))
-        x, sizes = merge_tokens(x, sizes, bipartite_matching(metric, sizes, r_img, num_prefix), num_prefix, t_out)
+    x, sizes = merge_step(x + blk.drop_path1(blk.ls1(attn_out)), metric, sizes, rule, num_prefix, margins)
     x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
     return x, sizes
 

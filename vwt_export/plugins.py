@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import OpLibraryMissing, VWTError
 
-LIBRARY_VERSION = "0.2.0"  # must equal VWT_LIBRARY_VERSION in plugins/common/vwt_version.h
+LIBRARY_VERSION = "0.3.0"  # must equal VWT_LIBRARY_VERSION in plugins/common/vwt_version.h
 _HERE = Path(__file__).parent
 
 

@@ -1,5 +1,6 @@
-// ONNX Runtime custom-op library for vwt::TokenMerge (domain "vwt", opset 2): a CPU kernel, and a CUDA EP
-// kernel when built with CUDA.
+// ONNX Runtime custom-op library for the vwt ops (domain "vwt", opset 2): vwt::TokenMerge (a CPU kernel, and a
+// CUDA EP kernel when built with CUDA) and vwt::BlockMerge (CPU only: under the CUDA EP ONNX Runtime runs it on
+// the CPU, copying its inputs across).
 //
 // Load it with SessionOptions.register_custom_ops_library(path) (Python) or RegisterCustomOpsLibrary (C/C++).
 // It does not link against libonnxruntime: the API table comes from the runtime that loads it
@@ -10,12 +11,14 @@
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
+#include <algorithm>
 #include <exception>
 #include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "vwt_block_merge.h"
 #include "vwt_cpu.h"
 #ifdef VWT_WITH_CUDA
 #include "vwt_cuda.h"
@@ -200,7 +203,60 @@ struct TokenMergeOp : Ort::CustomOpBase<TokenMergeOp<T>, TokenMergeKernel<T>, tr
   const char* provider_;
 };
 
+struct BlockMergeKernel {
+  int64_t num_prefix, r, r_den;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    try {
+      Ort::KernelContext ctx(context);
+      auto tokens = ctx.GetInput(0), metric = ctx.GetInput(1), sizes = ctx.GetInput(2);
+      const auto ts = shape_of(tokens), ms = shape_of(metric), ss = shape_of(sizes);
+      if (ts.size() != 3 || ms.size() != 3 || ss.size() != 2 || ms[0] != ts[0] || ms[1] != ts[1] || ss[0] != ts[0] ||
+          ss[1] != ts[1]) {
+        throw std::invalid_argument("BlockMerge: expected tokens [B, T, D], metric [B, T, C] and sizes [B, T], got " +
+                                    dims(ts) + ", " + dims(ms) + " and " + dims(ss));
+      }
+      const int64_t B = ts[0], T = ts[1], D = ts[2], C = ms[2];
+      const int64_t T_out = T - vwt::block_merge_removed(std::max(T, num_prefix), num_prefix, r, r_den);
+      auto merged = ctx.GetOutput(0, {B, T_out, D});
+      auto merged_sizes = ctx.GetOutput(1, {B, T_out});
+      vwt::block_merge_cpu(tokens.GetTensorData<float>(), metric.GetTensorData<float>(), sizes.GetTensorData<float>(),
+                           B, T, D, C, num_prefix, r, r_den, merged.GetTensorMutableData<float>(),
+                           merged_sizes.GetTensorMutableData<float>(), OrtParallelFor{ctx});
+      return nullptr;
+    } catch (const std::exception& e) {
+      return to_status(e);
+    }
+  }
+};
+
+struct BlockMergeOp : Ort::CustomOpBase<BlockMergeOp, BlockMergeKernel, true> {
+  BlockMergeOp() {
+    this->start_ver_ = VWT_OPS_OPSET;
+    this->end_ver_ = VWT_OPS_OPSET;
+  }
+  OrtStatusPtr CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      Ort::ConstKernelInfo ki(info);
+      const int64_t p = ki.GetAttribute<int64_t>("num_prefix"), r = ki.GetAttribute<int64_t>("r"),
+                    r_den = optional_int(ki, "r_den", 0);
+      vwt::check_block_merge_attributes(p, r, r_den);
+      *kernel = new BlockMergeKernel{p, r, r_den};
+      return nullptr;
+    } catch (const std::exception& e) {
+      return to_status(e);
+    }
+  }
+  const char* GetName() const { return "BlockMerge"; }
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetInputTypeCount() const { return 3; }
+  ONNXTensorElementDataType GetInputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
 // The op objects must outlive every session that uses them.
+BlockMergeOp block_merge_cpu_op;
 TokenMergeOp<float> token_merge_cpu_op("CPUExecutionProvider");
 TokenMergeOp<Ort::Float16_t> token_merge_cpu_op_f16("CPUExecutionProvider");
 #ifdef VWT_WITH_CUDA
@@ -238,6 +294,7 @@ __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps
       domain = new Ort::CustomOpDomain(VWT_OPS_DOMAIN);
       domain->Add(&token_merge_cpu_op);
       domain->Add(&token_merge_cpu_op_f16);
+      domain->Add(&block_merge_cpu_op);
 #ifdef VWT_WITH_CUDA
       domain->Add(&token_merge_cuda_op);
       domain->Add(&token_merge_cuda_op_f16);

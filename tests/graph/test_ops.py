@@ -154,9 +154,9 @@ def test_the_library_refuses_a_v1_node(op_library):
 
 
 def test_a_library_of_another_version_is_refused(op_library, monkeypatch):
-    assert plugins.check_library_version(op_library) == plugins.LIBRARY_VERSION == "0.2.0"
+    assert plugins.check_library_version(op_library) == plugins.LIBRARY_VERSION == "0.3.0"
     monkeypatch.setattr(plugins, "LIBRARY_VERSION", "0.1.0")
-    with pytest.raises(vx.VWTError, match="version 0.2.0, but this vwt-export needs 0.1.0; rebuild it"):
+    with pytest.raises(vx.VWTError, match="version 0.3.0, but this vwt-export needs 0.1.0; rebuild it"):
         plugins.check_library_version(op_library)
 
 

@@ -32,14 +32,19 @@ def exported(request, hybrid_models, hybrid_vocabs):
     return hmodel, export_hybrid(hmodel), x  # the tests below do the checking
 
 
-def test_graph_has_one_token_merge_then_standard_ops(exported, op_library):
+def test_graph_has_one_token_merge_then_a_block_merge_per_block(exported, op_library):
     hmodel, proto, _ = exported
     assert [i.name for i in proto.graph.input] == ["pixels"] and [o.name for o in proto.graph.output] == ["logits"]
-    assert [n.op_type for n in proto.graph.node if n.domain == ops.DOMAIN] == [ops.TOKEN_MERGE]
+    depth = len(hmodel.model.blocks)
+    assert [n.op_type for n in proto.graph.node if n.domain == ops.DOMAIN] == [ops.TOKEN_MERGE] + [ops.BLOCK_MERGE] * depth
+    merges = [n for n in proto.graph.node if n.op_type == ops.BLOCK_MERGE]
+    assert all({a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} == {"num_prefix": hmodel.num_prefix,
+               "r": R, "r_den": 0} for n in merges)
     assert {n.domain for n in proto.graph.node} <= {"", "ai.onnx", ops.DOMAIN}
     assert needs_op_library(proto) and not needs_op_library(make_portable(proto))
-    types = {n.op_type for n in proto.graph.node}
-    assert {"ArgMax", "CumSum", "GatherElements"} <= types  # the in-block merges really are in the graph
+    portable = onnx.inliner.inline_local_functions(make_portable(proto))
+    types = {n.op_type for n in portable.graph.node}
+    assert {"ArgMax", "CumSum", "GatherElements"} <= types  # the portable in-block merges are standard ops
     assert not {"ScatterElements", "ScatterND", "TopK", "NonZero"} & types  # TensorRT has no scatter-add; no sort
     meta = read_metadata(proto)
     assert meta["r"] == [str(R)] * 3 and meta["grouping"] == "local" and meta["prop_attn"]

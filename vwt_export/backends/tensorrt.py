@@ -9,8 +9,9 @@ graphs (no implicit INT8 calibrators, no precision flags: TensorRT 11 and Tensor
 TensorRT 10 and 11 (`tensorrt`) and TensorRT-RTX (`tensorrt_rtx`, which can build on a machine without a GPU
 for a named compute capability).
 
-Graphs with vwt::TokenMerge nodes (model.vwt.onnx, the plugin form) need libvwt_trt_plugin.so. Before parsing
-one, the graph's vwt op version is checked, the plugin library is loaded once per process (a second load would
+Graphs with vwt::TokenMerge nodes (model.vwt.onnx, the plugin form) need libvwt_trt_plugin.so; the hybrid's
+vwt::BlockMerge has no plugin and is parsed from its standard-op body. Before parsing one, the graph's vwt op
+version is checked, the plugin library is loaded once per process (a second load would
 make TensorRT log an ERROR), and with TensorRT-RTX the unversioned libtensorrt_rtx.so its parser opens to wrap a
 plugin must exist: without it the parser aborts the whole process, so its absence is a clear VWTError instead.
 
@@ -99,6 +100,22 @@ def _load_graph(onnx_path: str | os.PathLike):
     return onnx.load(str(onnx_path), load_external_data=False)  # the structure is enough: no weights data
 
 
+def with_bodies_where_no_plugin(onnx_path: Path, graph) -> "onnx.ModelProto | None":
+    """The plugin implements TokenMerge only: a graph holding other vwt ops (the hybrid's BlockMerge), loaded
+    whole with those ops' standard-op bodies attached, which TensorRT's parser inlines; None when there are none."""
+    import onnx
+
+    from ..graph import ops
+
+    missing = {n.op_type for n in graph.graph.node if n.domain == ops.DOMAIN} - {PLUGIN_NAME}
+    missing -= {f.name for f in graph.functions if f.domain == ops.DOMAIN}
+    if not missing:
+        return None
+    model = onnx.load(str(onnx_path))
+    model.functions.extend(ops.FUNCTIONS[name]() for name in sorted(missing))
+    return model
+
+
 def graph_precision(model) -> str:
     """What a strongly typed network built from this graph (a path or an onnx.ModelProto) computes in: "int8"
     (explicit Q/DQ), "fp16" (float16 weights or inputs) or "fp32"."""
@@ -185,7 +202,9 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    unplugged = with_bodies_where_no_plugin(onnx_path, graph)
+    if not (parser.parse(unplugged.SerializeToString(), str(onnx_path)) if unplugged is not None
+            else parser.parse_from_file(str(onnx_path))):
         errors = "; ".join(str(parser.get_error(i)).splitlines()[0] for i in range(min(parser.num_errors, 3)))
         raise VWTError(f"{onnx_path}: TensorRT's ONNX parser refused it: {errors}")
     config = builder.create_builder_config()

@@ -1,24 +1,24 @@
 """HybridViT -> model.hybrid.onnx: VWT's tokenize stage, then a trunk that merges inside every block.
 
-    proto = export_hybrid(hmodel)                  # vwt::TokenMerge (op library) + standard ops
-    portable = surgery.make_portable(proto)        # TokenMerge's standard-op function body attached
+    proto = export_hybrid(hmodel)                  # vwt::TokenMerge, vwt::BlockMerge (op library) + standard ops
+    portable = surgery.make_portable(proto)        # the vwt ops' standard-op function bodies attached
 
 The graph is two halves joined at vwt::TokenMerge's outputs, "vwt/merged" [B, T, D] and "vwt/sizes" [B, T]:
 
   tokenize  the baseline export (export.py) through the VWT graph surgery (surgery.apply_vwt: matching in
             standard ops, its keys in "vwt/keys", one vwt::TokenMerge), cut after TokenMerge (stages.py);
-  trunk     hybrid_block (vwt_export.hybrid) exported from torch block by block (export_blocks says why), then
-            norm + pooling + head, each with a dynamic batch and a dynamic T, the data-dependent token count
-            TokenMerge returns, and chained. A block's output length T - removed(T) is a shape expression of
-            its input's; which tokens merge per image (r_b from the sizes) is data. The merge is
-            ToMe's export vocabulary (tome_export.py): cosine MatMul, Where for protected pairs and pads,
-            ArgMax, a rank by pairwise comparisons, a one-hot MatMul for the sums, CumSum for the new order, a
-            one-hot ArgMax to invert it, GatherElements. No Scatter, no TopK.
+  trunk     per block (export_blocks says how): its attention half exported from torch (tokens and sizes ->
+            tokens, and the keys averaged over heads, the merge metric), one vwt::BlockMerge node (the merge
+            of vwt_export.hybrid.merge.merge_step, the block's rule in its attributes), its MLP half; then
+            norm + pooling + head; each with a dynamic batch and a dynamic T, the data-dependent token count,
+            and chained. Why one op for the merge: written in standard ops it took ~170 small nodes per block,
+            whose per-node cost made the hybrid slower than ToMe at equal tokens on ONNX Runtime CPU; its
+            portable body (ops.py) is those standard ops again, for runtimes without the library.
 
 Because the cut is at TokenMerge, stages.split_stages splits this graph into tokenize + trunk too, so the
 length-aware runtime batches it like any VWT graph. INT8: quantize.quantize_int8 puts Q/DQ on the weight
-GEMMs; the matching's similarity and every activation x activation product (attention, scores, one-hot
-sums) stay float.
+GEMMs; the matching's similarity, every activation x activation product (attention) and BlockMerge stay
+float.
 """
 
 from __future__ import annotations
@@ -41,17 +41,31 @@ META_R, META_THRESHOLD, META_GROUPING, META_PROP_ATTN, META_TILE = (
     "vwt.hybrid.r", "vwt.hybrid.threshold", "vwt.hybrid.grouping", "vwt.hybrid.prop_attn", "vwt.hybrid.tile")
 
 
-class _Block(torch.nn.Module):
-    """One hybrid block: (tokens [B, T, D], sizes [B, T]) -> (tokens, sizes) [B, T - removed(T), ...]."""
+class _Attention(torch.nn.Module):
+    """A block's first half: (tokens [B, T, D], sizes [B, T]) -> (tokens after attention and its residual, the
+    merge metric [B, T, head_dim]: the keys averaged over heads)."""
 
-    def __init__(self, blk: torch.nn.Module, rule, num_prefix: int, prop_attn: bool):
+    def __init__(self, blk: torch.nn.Module, prop_attn: bool):
         super().__init__()
-        self.blk, self.rule, self.num_prefix, self.prop_attn = blk, rule, num_prefix, prop_attn
+        self.blk, self.prop_attn = blk, prop_attn
 
     def forward(self, x: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..hybrid.model import hybrid_block
+        from ..tome.model import attention_with_keys
+        from ..vwt.merge import attention_bias
 
-        return hybrid_block(self.blk, x, sizes, self.rule, self.num_prefix, self.prop_attn)
+        out, metric = attention_with_keys(self.blk.attn, self.blk.norm1(x), attention_bias(sizes, self.prop_attn, x.dtype))
+        return x + self.blk.ls1(out), metric
+
+
+class _Mlp(torch.nn.Module):
+    """A block's second half, after the merge: tokens -> tokens + ls2(mlp(norm2(tokens)))."""
+
+    def __init__(self, blk: torch.nn.Module):
+        super().__init__()
+        self.blk = blk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.blk.ls2(self.blk.mlp(self.blk.norm2(x)))
 
 
 class _Head(torch.nn.Module):
@@ -106,40 +120,74 @@ def _parameter_map(proto: onnx.ModelProto, marker: torch.nn.Module) -> dict[str,
 
 def export_blocks(hmodel: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor],
                   opset: int = DEFAULT_OPSET) -> list[onnx.ModelProto]:
-    """One graph per block: (x, sizes) -> (x_out, sizes_out), T dynamic. Every block of a timm ViT has the same
-    structure, so each distinct merge rule is exported once, from a copy of block 0 holding random marker
-    weights, and the copy's weights are then replaced by each block's own. (Exporting all blocks at once would
-    nest each block's length expression in the next one's, and the exporter's symbolic shape reasoning grows
-    far faster than linearly with the depth: minutes per block.)"""
+    """One graph per block: (x, sizes) -> (x_out, sizes_out), T dynamic: its attention half, one vwt::BlockMerge
+    node holding the block's merge rule, its MLP half (hybrid_block's order). Every block of a timm ViT has the
+    same structure, so each half is exported once, from a copy of block 0 holding random marker weights, and
+    the copy's weights are then replaced by each block's own. (Exporting all blocks at once would nest each
+    block's length expression in the next one's, and the exporter's symbolic shape reasoning grows far faster
+    than linearly with the depth: minutes per block.)"""
     import copy
 
-    templates: dict = {}
-    out = []
-    for i, (blk, rule) in enumerate(zip(hmodel.model.blocks, hmodel.rules)):
-        if type(blk) is not type(hmodel.model.blocks[0]):
-            raise VWTError(f"block {i} is a {type(blk).__name__}, block 0 a {type(hmodel.model.blocks[0]).__name__}; "
+    blocks = hmodel.model.blocks
+    for i, blk in enumerate(blocks):
+        if type(blk) is not type(blocks[0]):
+            raise VWTError(f"block {i} is a {type(blk).__name__}, block 0 a {type(blocks[0]).__name__}; "
                            "the hybrid export needs blocks of one kind")
-        if rule not in templates:
-            marker = copy.deepcopy(hmodel.model.blocks[0])
-            g = torch.Generator().manual_seed(0)
-            with torch.no_grad():
-                for p in marker.parameters():
-                    p.copy_(torch.randn(p.shape, generator=g))
-            proto = _export_dynamic(_Block(marker, rule, hmodel.num_prefix, hmodel.prop_attn), example,
-                                    ["x", "sizes"], ["x_out", "sizes_out"], opset)
-            templates[rule] = (proto, _parameter_map(proto, marker))
-        template, mapping = templates[rule]
-        proto = onnx.ModelProto()
-        proto.CopyFrom(template)
-        params = dict(blk.named_parameters())
-        for init in proto.graph.initializer:
-            if init.name in mapping:
-                name, transposed = mapping[init.name]
-                value = params[name].detach().cpu().numpy()
-                init.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(value.T if transposed else value),
-                                                           init.name))
-        out.append(proto)
-    return out
+    marker = copy.deepcopy(blocks[0])
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in marker.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+        x_attn, _ = _Attention(marker, hmodel.prop_attn)(*example)
+    halves = []
+    for module, args, inputs, outputs in ((_Attention(marker, hmodel.prop_attn), example, ["x", "sizes"],
+                                           ["x_attn", "metric"]),
+                                          (_Mlp(marker), (x_attn,), ["x_merged"], ["x_out"])):
+        proto = _export_dynamic(module, args, inputs, outputs, opset)
+        halves.append((proto, _parameter_map(proto, marker)))
+    return [_join_block(*(_with_weights(proto, mapping, blk) for proto, mapping in halves), rule, hmodel.num_prefix)
+            for blk, rule in zip(blocks, hmodel.rules)]
+
+
+def _with_weights(template: onnx.ModelProto, mapping: dict[str, tuple[str, bool]],
+                  blk: torch.nn.Module) -> onnx.ModelProto:
+    """A copy of a half-block graph exported from the marker block, holding `blk`'s weights."""
+    proto = _copy(template)
+    params = dict(blk.named_parameters())
+    for init in proto.graph.initializer:
+        if init.name in mapping:
+            name, transposed = mapping[init.name]
+            value = params[name].detach().cpu().numpy()
+            init.CopyFrom(onnx.numpy_helper.from_array(np.ascontiguousarray(value.T if transposed else value),
+                                                       init.name))
+    return proto
+
+
+def _join_block(attention: onnx.ModelProto, mlp: onnx.ModelProto, rule, num_prefix: int) -> onnx.ModelProto:
+    """attention half -> vwt::BlockMerge (the rule as attributes: r, or r / r_den) -> MLP half, one graph
+    (x, sizes) -> (x_out, sizes_out). A block whose rule is 0 merges nothing and holds no BlockMerge."""
+    from fractions import Fraction
+
+    # the two exports name their tensors alike ("val_3", "linear"); their inputs and outputs are the joints
+    attention, mlp = (onnx.compose.add_prefix(half, prefix, rename_inputs=False, rename_outputs=False)
+                      for half, prefix in ((attention, "attn/"), (mlp, "mlp/")))
+    nodes = list(attention.graph.node)
+    if rule == 0:
+        nodes.append(onnx.helper.make_node("Identity", ["x_attn"], ["x_merged"]))
+        nodes.append(onnx.helper.make_node("Identity", ["sizes"], ["sizes_out"]))
+    else:
+        r, r_den = (rule.numerator, rule.denominator) if isinstance(rule, Fraction) else (rule, 0)
+        nodes.append(onnx.helper.make_node(ops.BLOCK_MERGE, ["x_attn", "metric", "sizes"], ["x_merged", "sizes_out"],
+                                           name="block_merge", domain=ops.DOMAIN, num_prefix=num_prefix, r=r,
+                                           r_den=r_den))
+    nodes += mlp.graph.node
+    outputs = [mlp.graph.output[0], onnx.helper.make_tensor_value_info("sizes_out", onnx.TensorProto.FLOAT, ["batch", "T"])]
+    graph = onnx.helper.make_graph(nodes, "hybrid_block", list(attention.graph.input), outputs,
+                                   [*attention.graph.initializer, *mlp.graph.initializer])
+    opsets = {(o.domain or ""): o.version for o in [*attention.opset_import, *mlp.opset_import]}
+    opsets[ops.DOMAIN] = ops.VERSION
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in sorted(opsets.items())],
+                                  ir_version=attention.ir_version)
 
 
 def export_trunk(hmodel: torch.nn.Module, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:

@@ -1,0 +1,179 @@
+// CPU kernel of vwt::BlockMerge (opset 2): one in-block merge of the hybrid method. Semantics:
+// vwt_export/hybrid/merge.py (merge_step) is the executable spec; tests compare this code against it.
+//
+// Header-only and free of any runtime's API, like vwt_cpu.h. Images are independent: work is handed to a
+// caller-supplied parallel_for(total, fn(begin, end)) over the batch.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace vwt {
+
+// Tokens one step removes from a sequence of `length` real tokens, prefix included (merge.py `removed`): the
+// count r (r_den = 0) or the fraction r / r_den of the non-prefix tokens, at most half of them.
+inline int64_t block_merge_removed(int64_t length, int64_t P, int64_t r, int64_t r_den) {
+  const int64_t n = std::max<int64_t>(length - P, 0);
+  const int64_t want = r_den == 0 ? r : n * r / r_den;
+  return std::max<int64_t>(0, std::min(want, n / 2));
+}
+
+inline void check_block_merge_attributes(int64_t P, int64_t r, int64_t r_den) {
+  if (P < 0 || r < 0 || r_den < 0) {
+    throw std::invalid_argument("BlockMerge: num_prefix (" + std::to_string(P) + "), r (" + std::to_string(r) +
+                                ") and r_den (" + std::to_string(r_den) + ") must be >= 0");
+  }
+  if (r_den > 0 && 2 * r > r_den) {
+    throw std::invalid_argument("BlockMerge: the fraction r / r_den = " + std::to_string(r) + " / " +
+                                std::to_string(r_den) + " is above 1/2");
+  }
+}
+
+// Scratch of one worker, reused across images.
+struct BlockMergeScratch {
+  std::vector<float> unit, best, acc, row;
+  std::vector<int64_t> partner, order;
+  std::vector<char> merged;
+};
+
+// tokens[B, T, D], metric[B, T, C], sizes[B, T] -> merged[B, T_out, D], merged_sizes[B, T_out] with
+// T_out = T - block_merge_removed(T). Per image (L real tokens, size > 0): A = even positions, B = odd ones;
+// each real non-prefix A token's partner is the real non-prefix B token of highest cosine (ties: the lowest);
+// the removed(L) A tokens with the highest such scores (ties: the lowest) are summed, size-weighted, into
+// their partners. Output: [prefix][unmerged real A][real B][pads], each in input order, tokens divided by
+// their sizes; pads come out as zero tokens of size 0. A step that removes nothing copies its input.
+template <class ParallelFor>
+void block_merge_cpu(const float* tokens, const float* metric, const float* sizes, int64_t B, int64_t T, int64_t D,
+                     int64_t C, int64_t P, int64_t r, int64_t r_den, float* merged, float* merged_sizes,
+                     ParallelFor&& parallel_for) {
+  check_block_merge_attributes(P, r, r_den);
+  if (T < P) {
+    throw std::invalid_argument("BlockMerge: " + std::to_string(T) + " tokens per image, fewer than num_prefix " +
+                                std::to_string(P));
+  }
+  const int64_t T_out = T - block_merge_removed(T, P, r, r_den);
+  if (T_out == T) {
+    std::memcpy(merged, tokens, static_cast<size_t>(B * T * D) * sizeof(float));
+    std::memcpy(merged_sizes, sizes, static_cast<size_t>(B * T) * sizeof(float));
+    return;
+  }
+  const int64_t Ta = (T + 1) / 2, Tb = T / 2;
+  const float minus_inf = -std::numeric_limits<float>::infinity();
+  parallel_for(static_cast<size_t>(B), [&](size_t b0, size_t b1) {
+    BlockMergeScratch s;
+    s.unit.resize(static_cast<size_t>(T * C));
+    s.best.resize(static_cast<size_t>(Ta));
+    s.partner.resize(static_cast<size_t>(Ta));
+    s.order.resize(static_cast<size_t>(Ta));
+    s.merged.resize(static_cast<size_t>(Ta));
+    s.acc.resize(static_cast<size_t>(Tb * (D + 1)));
+    s.row.resize(static_cast<size_t>(D));
+    for (size_t bb = b0; bb < b1; ++bb) {
+      const int64_t b = static_cast<int64_t>(bb);
+      const float* x = tokens + b * T * D;
+      const float* m = metric + b * T * C;
+      const float* sz = sizes + b * T;
+      float* y = merged + b * T_out * D;
+      float* ysz = merged_sizes + b * T_out;
+      auto takes_part = [&](int64_t t) { return t >= P && sz[t] > 0.0f; };  // neither prefix nor pad
+
+      int64_t L = 0;
+      for (int64_t t = 0; t < T; ++t) L += sz[t] > 0.0f;
+      const int64_t r_b = block_merge_removed(L, P, r, r_den);
+
+      // matching: unit metric vectors (divided by their norm, as the reference), best partner per A token
+      std::fill(s.merged.begin(), s.merged.end(), 0);
+      if (r_b > 0) {
+        for (int64_t t = 0; t < T; ++t) {
+          if (!takes_part(t)) continue;
+          const float* v = m + t * C;
+          float sq = 0.0f;
+          for (int64_t c = 0; c < C; ++c) sq += v[c] * v[c];
+          const float norm = std::sqrt(sq);
+          float* u = s.unit.data() + t * C;
+          for (int64_t c = 0; c < C; ++c) u[c] = v[c] / norm;
+        }
+        for (int64_t i = 0; i < Ta; ++i) {
+          float best = minus_inf;
+          int64_t partner = 0;
+          if (takes_part(2 * i)) {
+            const float* a = s.unit.data() + 2 * i * C;
+            for (int64_t j = 0; j < Tb; ++j) {
+              if (!takes_part(2 * j + 1)) continue;
+              const float* u = s.unit.data() + (2 * j + 1) * C;
+              float dot = 0.0f;
+              for (int64_t c = 0; c < C; ++c) dot += a[c] * u[c];
+              if (dot > best) {
+                best = dot;
+                partner = j;
+              }
+            }
+          }
+          s.best[i] = best;
+          s.partner[i] = partner;
+        }
+        // the r_b highest scores merge (a stable sort: ties go to the lower index); real A tokens outnumber
+        // r_b and score above -inf, so only they are chosen
+        std::iota(s.order.begin(), s.order.end(), int64_t{0});
+        std::stable_sort(s.order.begin(), s.order.end(), [&](int64_t p, int64_t q) { return s.best[p] > s.best[q]; });
+        for (int64_t k = 0; k < r_b; ++k) s.merged[s.order[k]] = 1;
+      }
+
+      // size-weighted sums of the B tokens and the A tokens merged into them
+      for (int64_t j = 0; j < Tb; ++j) {
+        const int64_t t = 2 * j + 1;
+        float* acc = s.acc.data() + j * (D + 1);
+        for (int64_t d = 0; d < D; ++d) acc[d] = x[t * D + d] * sz[t];
+        acc[D] = sz[t];
+      }
+      int64_t n_a = 0, n_b = 0;
+      for (int64_t i = 0; i < Ta; ++i) {
+        const int64_t t = 2 * i;
+        if (s.merged[i]) {
+          float* acc = s.acc.data() + s.partner[i] * (D + 1);
+          for (int64_t d = 0; d < D; ++d) acc[d] += x[t * D + d] * sz[t];
+          acc[D] += sz[t];
+        } else if (takes_part(t)) {
+          ++n_a;
+        }
+      }
+      for (int64_t j = 0; j < Tb; ++j) n_b += takes_part(2 * j + 1);
+
+      // the new order
+      auto write = [&](int64_t slot, const float* weighted, float size) {
+        const float den = std::max(size, 1.0f);
+        for (int64_t d = 0; d < D; ++d) y[slot * D + d] = weighted[d] / den;
+        ysz[slot] = size;
+      };
+      float* row = s.row.data();
+      int64_t next_a = P, next_b = P + n_a, next_pad = P + n_a + n_b;
+      for (int64_t t = 0; t < T; ++t) {
+        const bool pad = sz[t] <= 0.0f;
+        if (t < P) {
+          for (int64_t d = 0; d < D; ++d) row[d] = x[t * D + d] * sz[t];
+          write(t, row, sz[t]);
+        } else if (pad) {
+          if (next_pad < T_out) {
+            std::fill(y + next_pad * D, y + (next_pad + 1) * D, 0.0f);
+            ysz[next_pad] = 0.0f;
+          }
+          ++next_pad;
+        } else if (t % 2 == 1) {
+          write(next_b++, s.acc.data() + (t / 2) * (D + 1), s.acc[(t / 2) * (D + 1) + D]);
+        } else if (!s.merged[t / 2]) {
+          for (int64_t d = 0; d < D; ++d) row[d] = x[t * D + d] * sz[t];
+          write(next_a++, row, sz[t]);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace vwt

@@ -242,8 +242,10 @@ def block_merge_function() -> onnx.FunctionProto:
     allowed_b = b("Unsqueeze", [b("Slice", [allowed, *odds], "allowed_b"), ax1], "allowed_b3")  # [B, 1, Tb]
     b("Where", [b("And", [allowed_a, allowed_b], "pair_allowed"), scores, b.const("minus_inf", -np.inf, np.float32)],
       "pair_scores")
-    best = b("ReduceMax", ["pair_scores", ax2], "best", keepdims=0)  # [B, Ta]
-    partner = b("ArgMax", ["pair_scores"], "partner", axis=2, keepdims=0)  # ties: the lowest b
+    # one more -inf column: ArgMax fails on an empty axis (T = 1, no B token); it is never chosen (ties: lowest b)
+    b("Pad", ["pair_scores", b.const("pad_end", [0, 1], np.int64), "minus_inf", ax2], "pair_scores_padded")
+    best = b("ReduceMax", ["pair_scores_padded", ax2], "best", keepdims=0)  # [B, Ta]
+    partner = b("ArgMax", ["pair_scores_padded"], "partner", axis=2, keepdims=0)  # ties: the lowest b
     # descending rank by pairwise comparisons (ties: the lower a first); the r_b best A tokens merge
     ta = b("Squeeze", [b("Slice", [b("Shape", [best], "best_shape"), ax1, ax2], "ta_1d"), ax0], "ta")
     pos_a = b("Range", [zero, ta, one], "pos_a")

@@ -1,8 +1,12 @@
-"""The `vwt` ONNX op (domain version 2): its schema, and its portable body as an ONNX model-local function.
+"""The `vwt` ONNX ops (domain version 2): their schemas, and their portable bodies as ONNX model-local functions.
 
     vwt::TokenMerge(tokens T[B,P+N,D], keys i64[B,N]; num_prefix: int, grid_w: int = 0)
         -> merged T[B,P+M,D], sizes f32[B,P+M], length i64 scalar (= P + M)
     (T = float or float16; M = the largest number of groups in the batch, data-dependent)
+    vwt::BlockMerge(tokens f32[B,T,D], metric f32[B,T,C], sizes f32[B,T]; num_prefix: int, r: int, r_den: int = 0)
+        -> merged f32[B,T',D], merged_sizes f32[B,T']
+    (the hybrid's in-block merge; the rule is the count r when r_den = 0, else the fraction r / r_den;
+    T' = T - removed(T), static given T)
 
 Matching (which word each patch is nearest to) is not an op: surgery.py writes it in standard ops, so the
 distance product runs on the backend's best GEMM. Version 1 had a `WordLabels` op; a graph that still holds
@@ -24,6 +28,16 @@ holding the node with no library. How the body does it:
 The body is O(B·N²·D) like the merge itself (and holds [B,N,N] int64/float temporaries: ~290 MB per image at
 N = 6000), meant for portability, not speed: the op library is fast. Tested on ONNX Runtime CPU (B = 0 included);
 UNVERIFIED on TensorRT (no TensorRT runtime here): its Loop, OneHot and int64 reductions there are untested.
+
+BlockMerge's spec is vwt_export.hybrid.merge.merge_step (ToMe's bipartite matching per image on padded
+sequences). Its body has no Scatter, TopK, Loop or sort: cosine scores of A (even positions) against B (odd)
+[B,Ta,Tb], -inf where a prefix token or a pad (size 0) takes part; ReduceMax/ArgMax for each A token's best
+partner; a descending rank by pairwise comparisons [B,Ta,Ta], merged = rank < r_b (r_b = removed(L_b), L_b =
+the image's tokens of size > 0); the size-weighted rows [token*size, size] of merged A tokens added into their
+partners by a one-hot MatMul [B,Tb,Ta]; the output order [prefix][unmerged real A][real B][pads] by CumSum
+slots, inverted by a one-hot ArgMax [B,T',T] and applied with GatherElements; then divided by max(size, 1).
+When removed(T) = 0 every slot is its position (nothing merges; pads come out as zero tokens). Tested on ONNX
+Runtime CPU; UNVERIFIED on TensorRT.
 """
 
 from __future__ import annotations
@@ -38,12 +52,13 @@ DOMAIN = "vwt"
 VERSION = 2
 OPSET = 18
 TOKEN_MERGE = "TokenMerge"
+BLOCK_MERGE = "BlockMerge"
 KEYS_TENSOR = "vwt/keys"  # in every inter graph: the int64 [B, N] keys feeding TokenMerge
 SIZES_TENSOR = "vwt/sizes"  # inter graphs: TokenMerge's f32 [B, T] sizes (0 for padding)
 SELECTED_TENSOR = "vwt/selected"  # intra graphs: the kept tokens [B, P+K, D]
 NODE_PREFIX = "vwt/"  # every node and tensor graph surgery adds is named vwt/...
 TOKENIZE_SUFFIX, TRUNK_SUFFIX = ".tokenize.onnx", ".trunk.onnx"  # the two stages: model.vwt.onnx -> model.vwt.tokenize.onnx
-OPS = (TOKEN_MERGE,)
+OPS = (TOKEN_MERGE, BLOCK_MERGE)
 INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -184,7 +199,121 @@ def token_merge_function() -> onnx.FunctionProto:
     )
 
 
-FUNCTIONS = {TOKEN_MERGE: token_merge_function}
+def _removed_nodes(b: _Body, length: str, tag: str) -> str:
+    """Tokens a sequence of `length` real tokens (int64, any shape) loses in one step, as
+    vwt_export.hybrid.merge.removed: min(want, n // 2), n = max(length - P, 0), want = r, or n * r // r_den when
+    r_den > 0. Everything is non-negative, so ONNX's truncating Div is the floor."""
+    n = b("Max", [b("Sub", [length, "bm_p"], f"bm_{tag}_n_raw"), "bm_zero"], f"bm_{tag}_n")
+    share = b("Div", [b("Mul", [n, "bm_r"], f"bm_{tag}_nr"), "bm_den"], f"bm_{tag}_share")
+    want = b("Where", ["bm_fraction", share, "bm_r"], f"bm_{tag}_want")
+    return b("Min", [want, b("Div", [n, "bm_two"], f"bm_{tag}_half")], f"bm_{tag}_removed")
+
+
+def block_merge_function() -> onnx.FunctionProto:
+    b = _Body()
+    i64, f32, INT = TensorProto.INT64, TensorProto.FLOAT, onnx.AttributeProto.INT
+    ax0, ax1, ax2 = b.const("ax0", [0], np.int64), b.const("ax1", [1], np.int64), b.const("ax2", [2], np.int64)
+    last, end = b.const("last", [-1], np.int64), b.const("end", [INT64_MAX], np.int64)
+    zero1, step2 = b.const("zero1", [0], np.int64), b.const("step2", [2], np.int64)
+    zero, one, two = b.const("bm_zero", 0, np.int64), b.const("one_i", 1, np.int64), b.const("bm_two", 2, np.int64)
+    b.const_attr("bm_p", "num_prefix", INT, "value_int")
+    b.const_attr("bm_r", "r", INT, "value_int")
+    r_den = b.const_attr("r_den_s", "r_den", INT, "value_int")
+    b("Greater", [r_den, zero], "bm_fraction")
+    b("Max", [r_den, one], "bm_den")  # r_den = 0 (a count) must not divide by zero in the unused branch
+    # T' = T - removed(T): the batch's length decides the output shape; removed(T) = 0 keeps the input order
+    shape = b("Shape", ["tokens"], "shape")
+    t = b("Squeeze", [b("Slice", [shape, ax1, ax2], "t_1d"), ax0], "t")
+    removed_t = _removed_nodes(b, t, "t")
+    t_out = b("Sub", [t, removed_t], "t_out")
+    b("Greater", [removed_t, zero], "merges")
+    # per image: L_b real tokens (size > 0), r_b = removed(L_b)
+    real = b("Greater", ["sizes", b.const("zero_f", 0.0, np.float32)], "real")  # [B, T]
+    lengths = b("ReduceSum", [b("Cast", [real], "real_i", to=i64), ax1], "lengths", keepdims=0)
+    r_img = b("Unsqueeze", [_removed_nodes(b, lengths, "img"), ax1], "r_img")  # [B, 1]
+    # cosine scores of A (even positions) against B (odd positions); -inf where a prefix token or a pad takes part
+    unit = b("Div", ["metric", b("ReduceL2", ["metric", last], "metric_norm", keepdims=1)], "unit")
+    evens, odds = [zero1, end, ax1, step2], [b.const("one1", [1], np.int64), end, ax1, step2]
+    unit_a, unit_b = b("Slice", [unit, *evens], "unit_a"), b("Slice", [unit, *odds], "unit_b")
+    scores = b("MatMul", [unit_a, b("Transpose", [unit_b], "unit_b_t", perm=[0, 2, 1])], "scores")  # [B, Ta, Tb]
+    pos = b("Range", [zero, t, one], "pos")  # [T]
+    allowed = b("And", [real, b("GreaterOrEqual", [pos, "bm_p"], "not_prefix")], "allowed")  # [B, T]
+    allowed_a = b("Unsqueeze", [b("Slice", [allowed, *evens], "allowed_a"), ax2], "allowed_a3")  # [B, Ta, 1]
+    allowed_b = b("Unsqueeze", [b("Slice", [allowed, *odds], "allowed_b"), ax1], "allowed_b3")  # [B, 1, Tb]
+    b("Where", [b("And", [allowed_a, allowed_b], "pair_allowed"), scores, b.const("minus_inf", -np.inf, np.float32)],
+      "pair_scores")
+    # one more -inf column: ArgMax fails on an empty axis (T = 1, no B token); it is never chosen (ties: lowest b)
+    b("Pad", ["pair_scores", b.const("pad_end", [0, 1], np.int64), "minus_inf", ax2], "pair_scores_padded")
+    best = b("ReduceMax", ["pair_scores_padded", ax2], "best", keepdims=0)  # [B, Ta]
+    partner = b("ArgMax", ["pair_scores_padded"], "partner", axis=2, keepdims=0)  # ties: the lowest b
+    # descending rank by pairwise comparisons (ties: the lower a first); the r_b best A tokens merge
+    ta = b("Squeeze", [b("Slice", [b("Shape", [best], "best_shape"), ax1, ax2], "ta_1d"), ax0], "ta")
+    pos_a = b("Range", [zero, ta, one], "pos_a")
+    best_i, best_j = b("Unsqueeze", [best, ax2], "best_i"), b("Unsqueeze", [best, ax1], "best_j")  # [B,Ta,1], [B,1,Ta]
+    earlier = b("Less", [pos_a, b("Unsqueeze", [pos_a, ax1], "pos_a_col")], "earlier")  # [Ta, Ta]: j < i
+    tie_earlier = b("And", [b("Equal", [best_j, best_i], "tied"), earlier], "tie_earlier")
+    before = b("Or", [b("Greater", [best_j, best_i], "higher"), tie_earlier], "before")
+    rank = b("ReduceSum", [b("Cast", [before], "before_i", to=i64), ax2], "rank", keepdims=0)
+    merged = b("Less", [rank, r_img], "is_merged")  # [B, Ta]
+    # size-weighted sums [B, T, D+1]: token * size, then size; merged A rows summed into their partners
+    s = b("Unsqueeze", ["sizes", last], "s")
+    weighted = b("Concat", [b("Mul", ["tokens", s], "xs"), s], "weighted", axis=-1)
+    w_a, w_b = b("Slice", [weighted, *evens], "w_a"), b("Slice", [weighted, *odds], "w_b")
+    tb = b("Squeeze", [b("Slice", [b("Shape", [w_b], "w_b_shape"), ax1, ax2], "tb_1d"), ax0], "tb")
+    pos_b_col = b("Unsqueeze", [b("Range", [zero, tb, one], "pos_b"), ax1], "pos_b_col")  # [Tb, 1]
+    into = b("And", [b("Equal", [b("Unsqueeze", [partner, ax1], "partner_row"), pos_b_col], "is_partner"),
+                     b("Unsqueeze", [merged, ax1], "merged_row")], "into")  # [B, Tb, Ta]
+    w_b_new = b("Add", [w_b, b("MatMul", [b("Cast", [into], "into_f", to=f32), w_a], "received")], "w_b_new")
+    # output slots [prefix][unmerged real A][real B][pads] (output_slots); merged A tokens get T (no slot)
+    is_a = b("Equal", [b("Mod", [pos, two], "parity"), zero], "is_a")
+    prefix = b("Less", [pos, "bm_p"], "prefix")
+    half_pos = b("Div", [pos, two], "half_pos")
+    merged_full = b("And", [b("Gather", [merged, half_pos], "merged_at", axis=1), is_a], "merged_full")
+    unmerged_a = b("And", [b("And", [allowed, is_a], "real_a"), b("Not", [merged_full], "kept")], "unmerged_a")
+    real_b = b("And", [allowed, b("Not", [is_a], "is_b")], "real_b")
+    pads = b("Not", [real], "pads")
+
+    def kind(mask: str) -> tuple[str, str]:  # (count per image [B, 1], place among its kind [B, T])
+        as_int = b("Cast", [mask], f"{mask}_i", to=i64)
+        count = b("ReduceSum", [as_int, ax1], f"{mask}_n", keepdims=1)
+        return count, b("Sub", [b("CumSum", [as_int, b.const(f"{mask}_axis", 1, np.int64)], f"{mask}_cum"), one],
+                        f"{mask}_rank")
+
+    n_a, rank_a = kind(unmerged_a)
+    n_b, rank_b = kind(real_b)
+    _, rank_pad = kind(pads)
+    start_b = b("Add", ["bm_p", n_a], "start_b")
+    start_pad = b("Add", [start_b, n_b], "start_pad")
+    slot = b("Where", [pads, b("Add", [start_pad, rank_pad], "pad_slot"), t], "slot_pads")
+    slot = b("Where", [real_b, b("Add", [start_b, rank_b], "b_slot"), slot], "slot_b")
+    slot = b("Where", [unmerged_a, b("Add", ["bm_p", rank_a], "a_slot"), slot], "slot_a")
+    slot = b("Where", [prefix, pos, slot], "slot_prefix")
+    slot = b("Where", ["merges", slot, pos], "slot")  # nothing merges: the input order
+    # invert: for each output slot k < T', the token that fills it (a one-hot ArgMax, no Scatter)
+    k_col = b("Unsqueeze", [b("Range", [zero, t_out, one], "k"), ax1], "k_col")  # [T', 1]
+    fills = b("Cast", [b("Equal", [b("Unsqueeze", [slot, ax1], "slot_row"), k_col], "fills_b")], "fills", to=f32)
+    source = b("ArgMax", [fills], "source", axis=2, keepdims=0)  # [B, T']
+    src_half = b("Div", [source, two], "src_half")
+    src_is_a = b("Equal", [b("Mod", [source, two], "src_parity"), zero], "src_is_a")
+    index = b("Where", [src_is_a, src_half, b("Add", [src_half, ta], "src_in_b")], "index")  # into [A; B]
+    ab = b("Concat", [w_a, w_b_new], "ab", axis=1)
+    gather_shape = b("Concat", [b("Slice", [shape, zero1, "one1"], "batch"), b("Unsqueeze", [t_out, ax0], "t_out_1d"),
+                                b("Slice", [b("Shape", [ab], "ab_shape"), last, end], "width")], "gather_shape", axis=0)
+    index3 = b("Expand", [b("Unsqueeze", [index, last], "index_col"), gather_shape], "index3")
+    out = b("GatherElements", [ab, index3], "out", axis=1)  # [B, T', D+1]
+    b("Squeeze", [b("Slice", [out, last, end, ax2], "out_size"), ax2], "merged_sizes")
+    out_sum = b("Slice", [out, zero1, last, ax2], "out_sum")
+    den = b("Unsqueeze", [b("Max", ["merged_sizes", b.const("one_f", 1.0, np.float32)], "den"), last], "den3")
+    b("Div", [out_sum, den], "merged")
+    r_den_default = helper.make_attribute("r_den", 0)
+    return helper.make_function(
+        DOMAIN, BLOCK_MERGE, ["tokens", "metric", "sizes"], ["merged", "merged_sizes"], b.nodes,
+        opset_imports=[helper.make_opsetid("", OPSET)], attributes=["num_prefix", "r"],
+        attribute_protos=[r_den_default],
+    )
+
+
+FUNCTIONS = {TOKEN_MERGE: token_merge_function, BLOCK_MERGE: block_merge_function}
 
 
 def check_version(model: onnx.ModelProto) -> None:
@@ -193,7 +322,8 @@ def check_version(model: onnx.ModelProto) -> None:
     v1_nodes = [n.op_type for n in model.graph.node if n.domain == DOMAIN and n.op_type not in FUNCTIONS]
     if (versions and versions != {VERSION}) or v1_nodes:
         found = f"version {sorted(versions)}" if versions and versions != {VERSION} else f"op {v1_nodes[0]}"
-        raise VWTError(f"the graph uses vwt ops {found}, this vwt-export has version {VERSION} (TokenMerge only); "
+        raise VWTError(f"the graph uses vwt ops {found}, this vwt-export has version {VERSION} "
+                       f"({', '.join(OPS)}); "
                        "export the graph again with this version")
 
 
@@ -209,13 +339,20 @@ def add_portable_functions(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def single_op_model(op: str, *, portable: bool = False, token_type: int = TensorProto.FLOAT, **attrs) -> onnx.ModelProto:
-    """A graph holding one vwt op, for tests and benchmarks: inputs "tokens" [B,T,D], "keys" [B,N]; outputs
-    "merged", "sizes", "length"."""
-    if op != TOKEN_MERGE:
-        raise VWTError(f"unknown vwt op {op} (version {VERSION} has {', '.join(OPS)})")
+    """A graph holding one vwt op, for tests and benchmarks, with the op's own input and output names:
+    TokenMerge: "tokens" [B,T,D], "keys" [B,N] -> "merged", "sizes", "length";
+    BlockMerge: "tokens" [B,T,D], "metric" [B,T,C], "sizes" [B,T] -> "merged", "merged_sizes" (float32 only)."""
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    inputs = [("tokens", token_type, ["B", "T", "D"]), ("keys", i64, ["B", "N"])]
-    outputs = [("merged", token_type, ["B", "M", "D"]), ("sizes", f32, ["B", "M"]), ("length", i64, [])]
+    if op == TOKEN_MERGE:
+        inputs = [("tokens", token_type, ["B", "T", "D"]), ("keys", i64, ["B", "N"])]
+        outputs = [("merged", token_type, ["B", "M", "D"]), ("sizes", f32, ["B", "M"]), ("length", i64, [])]
+    elif op == BLOCK_MERGE:
+        if token_type != f32:
+            raise VWTError(f"vwt::{BLOCK_MERGE} takes float32 tokens (token_type={token_type})")
+        inputs = [("tokens", f32, ["B", "T", "D"]), ("metric", f32, ["B", "T", "C"]), ("sizes", f32, ["B", "T"])]
+        outputs = [("merged", f32, ["B", "T_out", "D"]), ("merged_sizes", f32, ["B", "T_out"])]
+    else:
+        raise VWTError(f"unknown vwt op {op} (version {VERSION} has {', '.join(OPS)})")
     node = helper.make_node(op, [n for n, *_ in inputs], [n for n, *_ in outputs], domain=DOMAIN, **attrs)
     graph = helper.make_graph([node], op, [helper.make_tensor_value_info(*i) for i in inputs],
                               [helper.make_tensor_value_info(*o) for o in outputs])

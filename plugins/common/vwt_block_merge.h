@@ -47,8 +47,9 @@ struct BlockMergeScratch {
 // T_out = T - block_merge_removed(T). Per image (L real tokens, size > 0): A = even positions, B = odd ones;
 // each real non-prefix A token's partner is the real non-prefix B token of highest cosine (ties: the lowest);
 // the removed(L) A tokens with the highest such scores (ties: the lowest) are summed, size-weighted, into
-// their partners. Output: [prefix][unmerged real A][real B][pads], each in input order, tokens divided by
-// their sizes; pads come out as zero tokens of size 0. A step that removes nothing copies its input.
+// their partners. Output: [prefix][unmerged real A][real B][pads], each in input order (an image that merges
+// nothing keeps its order), tokens divided by their sizes; pads come out as zero tokens of size 0. A step that removes nothing copies its input (pads
+// zeroed).
 template <class ParallelFor>
 void block_merge_cpu(const float* tokens, const float* metric, const float* sizes, int64_t B, int64_t T, int64_t D,
                      int64_t C, int64_t P, int64_t r, int64_t r_den, float* merged, float* merged_sizes,
@@ -62,6 +63,9 @@ void block_merge_cpu(const float* tokens, const float* metric, const float* size
   if (T_out == T) {
     std::memcpy(merged, tokens, static_cast<size_t>(B * T * D) * sizeof(float));
     std::memcpy(merged_sizes, sizes, static_cast<size_t>(B * T) * sizeof(float));
+    for (int64_t t = 0; t < B * T; ++t) {  // pads as zero tokens, as everywhere else (and as the portable body)
+      if (sizes[t] <= 0.0f) std::fill(merged + t * D, merged + (t + 1) * D, 0.0f);
+    }
     return;
   }
   const int64_t Ta = (T + 1) / 2, Tb = T / 2;
@@ -156,7 +160,16 @@ void block_merge_cpu(const float* tokens, const float* metric, const float* size
       int64_t next_a = P, next_b = P + n_a, next_pad = P + n_a + n_b;
       for (int64_t t = 0; t < T; ++t) {
         const bool pad = sz[t] <= 0.0f;
-        if (t < P) {
+        if (r_b == 0) {  // the image merges nothing: its order, as alone (its L <= T_out real tokens come first)
+          if (t >= T_out) continue;
+          if (pad) {
+            std::fill(y + t * D, y + (t + 1) * D, 0.0f);
+            ysz[t] = 0.0f;
+          } else {
+            for (int64_t d = 0; d < D; ++d) row[d] = x[t * D + d] * sz[t];
+            write(t, row, sz[t]);
+          }
+        } else if (t < P) {
           for (int64_t d = 0; d < D; ++d) row[d] = x[t * D + d] * sz[t];
           write(t, row, sz[t]);
         } else if (pad) {

@@ -18,6 +18,7 @@ from onnx import TensorProto
 import vwt_export as vx
 from vwt_export import plugins
 from vwt_export.backends import tensorrt as vtrt
+from vwt_export.backends.onnxruntime import needs_op_library
 from vwt_export.graph import ops
 from vwt_export.graph.export import export_model, save_model
 from vwt_export.graph.quantize import quantize_int8
@@ -206,6 +207,27 @@ def test_tensorrt_rtx_builds_local_grouping_and_the_op_alone(graphs, tmp_path, t
         vtrt.build_engine(path, engine, vtrt.BuildSettings(precision=precision, batches=[1, 8],
                                                            compute_capability="SM80"))
         assert plugin_layers(engine) == 1
+
+
+@pytest.mark.slow
+def test_tensorrt_rtx_builds_block_merge_from_its_body(tmp_path):
+    """The plugin implements TokenMerge only: a graph holding the hybrid's vwt::BlockMerge, written without its
+    body (the op-library form), is parsed from the body build_engine attaches, and needs no plugin."""
+    from fractions import Fraction
+
+    for rule in (8, Fraction(11, 200)):
+        attrs = {"r": rule, "r_den": 0} if isinstance(rule, int) else {"r": rule.numerator, "r_den": rule.denominator}
+        model = ops.single_op_model(ops.BLOCK_MERGE, num_prefix=1, **attrs)
+        for value_info, dims in zip(model.graph.input, ([0, 120, 64], [0, 120, 16], [0, 120])):  # the batch varies
+            for dim, size in zip(value_info.type.tensor_type.shape.dim, dims):
+                if size:
+                    dim.dim_value = size
+        assert needs_op_library(model)
+        path = save_model(model, tmp_path / "block_merge.onnx")
+        engine = tmp_path / "block_merge.engine"
+        vtrt.build_engine(path, engine, vtrt.BuildSettings(batches=[1, 8], compute_capability="SM89"))
+        sidecar = json.loads(vtrt.sidecar_path(engine).read_text())
+        assert sidecar["plugin_library"] is None and plugin_layers(engine) == 0
 
 
 @pytest.mark.slow

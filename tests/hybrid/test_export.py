@@ -3,6 +3,7 @@ standard ops with a dynamic batch and token count, equal to torch, split into st
 
 import numpy as np
 import onnx
+import onnx.inliner
 import pytest
 import torch
 

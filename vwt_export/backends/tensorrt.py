@@ -194,7 +194,8 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
                        f"{settings.precision.upper()}: networks are strongly typed (FP16 engines come from "
                        "model.fp16.onnx / model.vwt.fp16.onnx, INT8 from the Q/DQ graphs)")
     logger = _logger(trt, ahead_of_time=bool(settings.compute_capability))
-    if needs_op_library(graph):  # the same vwt nodes that need the ONNX Runtime op library need the plugin
+    with_bodies = with_bodies_where_no_plugin(onnx_path, graph)
+    if needs_op_library(with_bodies or graph):  # vwt nodes left without a body are TokenMerge: the plugin's
         settings.plugin_library = str(settings.plugin_library or trt_plugin_library())
         if flavour == "tensorrt-rtx":
             check_rtx_parser_link()
@@ -202,8 +203,7 @@ def build_engine(onnx_path: str | os.PathLike, engine_path: str | os.PathLike, s
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    unplugged = with_bodies_where_no_plugin(onnx_path, graph)
-    if not (parser.parse(unplugged.SerializeToString(), str(onnx_path)) if unplugged is not None
+    if not (parser.parse(with_bodies.SerializeToString(), str(onnx_path)) if with_bodies is not None
             else parser.parse_from_file(str(onnx_path))):
         errors = "; ".join(str(parser.get_error(i)).splitlines()[0] for i in range(min(parser.num_errors, 3)))
         raise VWTError(f"{onnx_path}: TensorRT's ONNX parser refused it: {errors}")

@@ -36,8 +36,9 @@ partner; a descending rank by pairwise comparisons [B,Ta,Ta], merged = rank < r_
 the image's tokens of size > 0); the size-weighted rows [token*size, size] of merged A tokens added into their
 partners by a one-hot MatMul [B,Tb,Ta]; the output order [prefix][unmerged real A][real B][pads] by CumSum
 slots, inverted by a one-hot ArgMax [B,T',T] and applied with GatherElements; then divided by max(size, 1).
-When removed(T) = 0 every slot is its position (nothing merges; pads come out as zero tokens). Tested on ONNX
-Runtime CPU; UNVERIFIED on TensorRT.
+An image that merges nothing (r_b = 0, always so when removed(T) = 0) keeps its order: every slot is its
+position, as when it runs alone (pads come out as zero tokens). Tested on ONNX Runtime CPU; TensorRT-RTX
+parses and builds it (tests/backends/test_tensorrt.py); UNVERIFIED running on TensorRT.
 """
 
 from __future__ import annotations
@@ -221,16 +222,16 @@ def block_merge_function() -> onnx.FunctionProto:
     r_den = b.const_attr("r_den_s", "r_den", INT, "value_int")
     b("Greater", [r_den, zero], "bm_fraction")
     b("Max", [r_den, one], "bm_den")  # r_den = 0 (a count) must not divide by zero in the unused branch
-    # T' = T - removed(T): the batch's length decides the output shape; removed(T) = 0 keeps the input order
+    # T' = T - removed(T): the batch's length decides the output shape
     shape = b("Shape", ["tokens"], "shape")
     t = b("Squeeze", [b("Slice", [shape, ax1, ax2], "t_1d"), ax0], "t")
     removed_t = _removed_nodes(b, t, "t")
     t_out = b("Sub", [t, removed_t], "t_out")
-    b("Greater", [removed_t, zero], "merges")
     # per image: L_b real tokens (size > 0), r_b = removed(L_b)
     real = b("Greater", ["sizes", b.const("zero_f", 0.0, np.float32)], "real")  # [B, T]
     lengths = b("ReduceSum", [b("Cast", [real], "real_i", to=i64), ax1], "lengths", keepdims=0)
     r_img = b("Unsqueeze", [_removed_nodes(b, lengths, "img"), ax1], "r_img")  # [B, 1]
+    b("Greater", [r_img, zero], "merges")  # an image that merges nothing keeps its order, as it does alone
     # cosine scores of A (even positions) against B (odd positions); -inf where a prefix token or a pad takes part
     unit = b("Div", ["metric", b("ReduceL2", ["metric", last], "metric_norm", keepdims=1)], "unit")
     evens, odds = [zero1, end, ax1, step2], [b.const("one1", [1], np.int64), end, ax1, step2]
@@ -288,7 +289,7 @@ def block_merge_function() -> onnx.FunctionProto:
     slot = b("Where", [real_b, b("Add", [start_b, rank_b], "b_slot"), slot], "slot_b")
     slot = b("Where", [unmerged_a, b("Add", ["bm_p", rank_a], "a_slot"), slot], "slot_a")
     slot = b("Where", [prefix, pos, slot], "slot_prefix")
-    slot = b("Where", ["merges", slot, pos], "slot")  # nothing merges: the input order
+    slot = b("Where", ["merges", slot, pos], "slot")  # the image merges nothing: its input order
     # invert: for each output slot k < T', the token that fills it (a one-hot ArgMax, no Scatter)
     k_col = b("Unsqueeze", [b("Range", [zero, t_out, one], "k"), ax1], "k_col")  # [T', 1]
     fills = b("Cast", [b("Equal", [b("Unsqueeze", [slot, ax1], "slot_row"), k_col], "fills_b")], "fills", to=f32)

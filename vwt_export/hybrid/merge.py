@@ -12,7 +12,8 @@ alone, with no padding:
   vwt_export.tome.merge. Real tokens sit at positions 0..L_b-1, so the alternate A/B split of the real tokens
   is the one the image alone sees, and their scores, partners and ranks are the same.
 * Output layout: [prefix][unmerged real A in order][real B in order][pads]. The real part is ToMe's order
-  (vwt_export.tome.merge), so the next block's split is again the image's own, block after block.
+  (vwt_export.tome.merge), so the next block's split is again the image's own, block after block. An image
+  that merges nothing (r_b = 0) keeps its order, as alone, where the step is skipped.
 
 Everything is static-shape given T (the output has T - removed(T) tokens) and written in ops that export to
 standard ONNX: the rank by pairwise comparisons (vwt_export.tome.merge.descending_rank), the sums of merged
@@ -161,7 +162,10 @@ def output_slots(sizes: torch.Tensor, merged: torch.Tensor, num_prefix: int) -> 
     slot = torch.where(pads, num_prefix + n_a + n_b + rank(pads), slot)
     slot = torch.where(real_b, num_prefix + n_a + rank(real_b), slot)
     slot = torch.where(unmerged_a, num_prefix + rank(unmerged_a), slot)
-    return torch.where(prefix, pos, slot)
+    slot = torch.where(prefix, pos, slot)
+    # an image that merges nothing keeps its order, as it does alone (where the step is skipped); it fits:
+    # removed(L) = 0 gives L <= T - removed(T)
+    return torch.where(merged.any(dim=1, keepdim=True), slot, pos)
 
 
 def merge_tokens(x: torch.Tensor, sizes: torch.Tensor, m: Matching, num_prefix: int,

@@ -1,6 +1,6 @@
 """vwt::BlockMerge (the hybrid's in-block merge) against the torch spec, vwt_export.hybrid.merge.merge_step, and a
 hand-worked case. The portable form runs on ONNX Runtime with no op library (the model-local function is
-inlined); the op library's form joins FORMS when its kernel exists."""
+inlined), and the op library's C++ kernel (plugins/common/vwt_block_merge.h) runs the same cases."""
 
 from fractions import Fraction
 
@@ -15,7 +15,7 @@ from vwt_export.backends.onnxruntime import create_session, needs_op_library
 from vwt_export.graph import ops
 from vwt_export.hybrid.merge import merge_step, removed, removed_per_image
 
-FORMS = ["portable"]
+FORMS = ["portable", "library"]
 RULES = [0, 3, 1000, Fraction(11, 200), Fraction(1, 2)]  # 1000: clamped to half the non-prefix tokens
 
 
@@ -131,13 +131,7 @@ def test_batch_gives_each_image_what_it_gets_alone(block_merge, rule):
         alone, alone_sizes = run(t[b:b + 1, :length], m[b:b + 1, :length], s[b:b + 1, :length])
         kept = length - r_img[b]
         assert alone.shape[1] == kept
-        row, row_sizes = merged[b, :kept], merged_sizes[b, :kept]
-        if r_img[b] == 0 and kept > P:
-            # the spec (merge_step) lays a batch out [prefix][A][B][pads] even for an image that merges nothing,
-            # while the image alone is left as it is: the same tokens, in the batch's order
-            order = [*range(P), *range(P, length, 2), *range(P + 1, length, 2)] if P % 2 == 0 else \
-                [*range(P), *range(P + 1, length, 2), *range(P, length, 2)]
-            alone, alone_sizes = alone[:, order], alone_sizes[:, order]
+        row, row_sizes = merged[b, :kept], merged_sizes[b, :kept]  # images that merge nothing keep their order
         np.testing.assert_array_equal(row_sizes, alone_sizes[0], err_msg=f"image {b}")
         assert (merged_sizes[b, kept:] == 0).all(), f"image {b}"
         np.testing.assert_allclose(row, alone[0], rtol=1e-5, atol=1e-5, err_msg=f"image {b}")

@@ -25,10 +25,15 @@ inline int64_t block_merge_removed(int64_t length, int64_t P, int64_t r, int64_t
   return std::max<int64_t>(0, std::min(want, n / 2));
 }
 
+inline constexpr int64_t kMaxRuleDenominator = int64_t{1} << 31;  // keeps n * r within int64 for any n < 2^32
+
 inline void check_block_merge_attributes(int64_t P, int64_t r, int64_t r_den) {
   if (P < 0 || r < 0 || r_den < 0) {
     throw std::invalid_argument("BlockMerge: num_prefix (" + std::to_string(P) + "), r (" + std::to_string(r) +
                                 ") and r_den (" + std::to_string(r_den) + ") must be >= 0");
+  }
+  if (r_den > kMaxRuleDenominator) {
+    throw std::invalid_argument("BlockMerge: r_den " + std::to_string(r_den) + " is above 2^31");
   }
   if (r_den > 0 && 2 * r > r_den) {
     throw std::invalid_argument("BlockMerge: the fraction r / r_den = " + std::to_string(r) + " / " +
@@ -38,10 +43,26 @@ inline void check_block_merge_attributes(int64_t P, int64_t r, int64_t r_den) {
 
 // Scratch of one worker, reused across images.
 struct BlockMergeScratch {
-  std::vector<float> unit, best, acc, row;
-  std::vector<int64_t> partner, order;
+  std::vector<float> acc, row;
+  std::vector<int64_t> order;
   std::vector<char> merged;
 };
+
+namespace detail {
+
+// Eight partial sums: the compiler vectorises them (a single running sum must stay in order, scalar).
+inline float dot(const float* a, const float* b, int64_t n) {
+  float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    for (int k = 0; k < 8; ++k) part[k] += a[c + k] * b[c + k];
+  }
+  float sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; c < n; ++c) sum += a[c] * b[c];
+  return sum;
+}
+
+}  // namespace detail
 
 // tokens[B, T, D], metric[B, T, C], sizes[B, T] -> merged[B, T_out, D], merged_sizes[B, T_out] with
 // T_out = T - block_merge_removed(T). Per image (L real tokens, size > 0): A = even positions, B = odd ones;
@@ -70,11 +91,51 @@ void block_merge_cpu(const float* tokens, const float* metric, const float* size
   }
   const int64_t Ta = (T + 1) / 2, Tb = T / 2;
   const float minus_inf = -std::numeric_limits<float>::infinity();
+  auto takes_part = [&](int64_t b, int64_t t) { return t >= P && sizes[b * T + t] > 0.0f; };  // no prefix, no pad
+  std::vector<int64_t> r_img(static_cast<size_t>(B));
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t L = 0;
+    for (int64_t t = 0; t < T; ++t) L += sizes[b * T + t] > 0.0f;  // a NaN size counts as a pad
+    r_img[b] = block_merge_removed(L, P, r, r_den);
+  }
+
+  // the matching, in parallel over tokens even for one image (it is most of the work): unit metric vectors
+  // (divided by their norm, as the reference), then each A token's best partner
+  std::vector<float> unit(static_cast<size_t>(B * T * C));
+  parallel_for(static_cast<size_t>(B * T), [&](size_t k0, size_t k1) {
+    for (size_t k = k0; k < k1; ++k) {
+      const int64_t b = static_cast<int64_t>(k) / T, t = static_cast<int64_t>(k) % T;
+      if (r_img[b] == 0 || !takes_part(b, t)) continue;
+      const float* v = metric + static_cast<int64_t>(k) * C;
+      const float norm = std::sqrt(detail::dot(v, v, C));
+      float* u = unit.data() + static_cast<int64_t>(k) * C;
+      for (int64_t c = 0; c < C; ++c) u[c] = v[c] / norm;
+    }
+  });
+  std::vector<float> best_score(static_cast<size_t>(B * Ta), minus_inf);
+  std::vector<int64_t> best_partner(static_cast<size_t>(B * Ta), 0);
+  parallel_for(static_cast<size_t>(B * Ta), [&](size_t k0, size_t k1) {
+    for (size_t k = k0; k < k1; ++k) {
+      const int64_t b = static_cast<int64_t>(k) / Ta, i = static_cast<int64_t>(k) % Ta;
+      if (r_img[b] == 0 || !takes_part(b, 2 * i)) continue;
+      const float* a = unit.data() + (b * T + 2 * i) * C;
+      float best = minus_inf;
+      int64_t partner = 0;
+      for (int64_t j = 0; j < Tb; ++j) {
+        if (!takes_part(b, 2 * j + 1)) continue;
+        const float score = detail::dot(a, unit.data() + (b * T + 2 * j + 1) * C, C);
+        if (score > best) {  // ties: the lowest j; a NaN score is never chosen
+          best = score;
+          partner = j;
+        }
+      }
+      best_score[k] = best;
+      best_partner[k] = partner;
+    }
+  });
+
   parallel_for(static_cast<size_t>(B), [&](size_t b0, size_t b1) {
     BlockMergeScratch s;
-    s.unit.resize(static_cast<size_t>(T * C));
-    s.best.resize(static_cast<size_t>(Ta));
-    s.partner.resize(static_cast<size_t>(Ta));
     s.order.resize(static_cast<size_t>(Ta));
     s.merged.resize(static_cast<size_t>(Ta));
     s.acc.resize(static_cast<size_t>(Tb * (D + 1)));
@@ -82,52 +143,26 @@ void block_merge_cpu(const float* tokens, const float* metric, const float* size
     for (size_t bb = b0; bb < b1; ++bb) {
       const int64_t b = static_cast<int64_t>(bb);
       const float* x = tokens + b * T * D;
-      const float* m = metric + b * T * C;
       const float* sz = sizes + b * T;
       float* y = merged + b * T_out * D;
       float* ysz = merged_sizes + b * T_out;
-      auto takes_part = [&](int64_t t) { return t >= P && sz[t] > 0.0f; };  // neither prefix nor pad
+      const float* best = best_score.data() + b * Ta;
+      const int64_t* partner = best_partner.data() + b * Ta;
+      auto real = [&](int64_t t) { return sz[t] > 0.0f; };  // false for pads (and a NaN size)
+      const int64_t r_b = r_img[b];
 
-      int64_t L = 0;
-      for (int64_t t = 0; t < T; ++t) L += sz[t] > 0.0f;
-      const int64_t r_b = block_merge_removed(L, P, r, r_den);
-
-      // matching: unit metric vectors (divided by their norm, as the reference), best partner per A token
       std::fill(s.merged.begin(), s.merged.end(), 0);
       if (r_b > 0) {
-        for (int64_t t = 0; t < T; ++t) {
-          if (!takes_part(t)) continue;
-          const float* v = m + t * C;
-          float sq = 0.0f;
-          for (int64_t c = 0; c < C; ++c) sq += v[c] * v[c];
-          const float norm = std::sqrt(sq);
-          float* u = s.unit.data() + t * C;
-          for (int64_t c = 0; c < C; ++c) u[c] = v[c] / norm;
-        }
+        // the r_b highest scores merge (a stable sort: ties go to the lower index). Real A tokens outnumber r_b
+        // and score above -inf, so the candidates are only ever they; keeping to them also keeps a degenerate
+        // input (a NaN or zero metric row) from merging a prefix token and overrunning the output
+        int64_t candidates = 0;
         for (int64_t i = 0; i < Ta; ++i) {
-          float best = minus_inf;
-          int64_t partner = 0;
-          if (takes_part(2 * i)) {
-            const float* a = s.unit.data() + 2 * i * C;
-            for (int64_t j = 0; j < Tb; ++j) {
-              if (!takes_part(2 * j + 1)) continue;
-              const float* u = s.unit.data() + (2 * j + 1) * C;
-              float dot = 0.0f;
-              for (int64_t c = 0; c < C; ++c) dot += a[c] * u[c];
-              if (dot > best) {
-                best = dot;
-                partner = j;
-              }
-            }
-          }
-          s.best[i] = best;
-          s.partner[i] = partner;
+          if (best[i] > minus_inf) s.order[candidates++] = i;
         }
-        // the r_b highest scores merge (a stable sort: ties go to the lower index); real A tokens outnumber
-        // r_b and score above -inf, so only they are chosen
-        std::iota(s.order.begin(), s.order.end(), int64_t{0});
-        std::stable_sort(s.order.begin(), s.order.end(), [&](int64_t p, int64_t q) { return s.best[p] > s.best[q]; });
-        for (int64_t k = 0; k < r_b; ++k) s.merged[s.order[k]] = 1;
+        std::stable_sort(s.order.begin(), s.order.begin() + candidates,
+                         [&](int64_t p, int64_t q) { return best[p] > best[q]; });
+        for (int64_t k = 0; k < std::min(r_b, candidates); ++k) s.merged[s.order[k]] = 1;
       }
 
       // size-weighted sums of the B tokens and the A tokens merged into them
@@ -141,17 +176,18 @@ void block_merge_cpu(const float* tokens, const float* metric, const float* size
       for (int64_t i = 0; i < Ta; ++i) {
         const int64_t t = 2 * i;
         if (s.merged[i]) {
-          float* acc = s.acc.data() + s.partner[i] * (D + 1);
+          float* acc = s.acc.data() + partner[i] * (D + 1);
           for (int64_t d = 0; d < D; ++d) acc[d] += x[t * D + d] * sz[t];
           acc[D] += sz[t];
-        } else if (takes_part(t)) {
+        } else if (takes_part(b, t)) {
           ++n_a;
         }
       }
-      for (int64_t j = 0; j < Tb; ++j) n_b += takes_part(2 * j + 1);
+      for (int64_t j = 0; j < Tb; ++j) n_b += takes_part(b, 2 * j + 1);
 
       // the new order
       auto write = [&](int64_t slot, const float* weighted, float size) {
+        if (slot >= T_out) return;  // never for valid input (every real token has a slot); memory-safe for any
         const float den = std::max(size, 1.0f);
         for (int64_t d = 0; d < D; ++d) y[slot * D + d] = weighted[d] / den;
         ysz[slot] = size;
@@ -159,7 +195,7 @@ void block_merge_cpu(const float* tokens, const float* metric, const float* size
       float* row = s.row.data();
       int64_t next_a = P, next_b = P + n_a, next_pad = P + n_a + n_b;
       for (int64_t t = 0; t < T; ++t) {
-        const bool pad = sz[t] <= 0.0f;
+        const bool pad = !real(t);
         if (r_b == 0) {  // the image merges nothing: its order, as alone (its L <= T_out real tokens come first)
           if (t >= T_out) continue;
           if (pad) {

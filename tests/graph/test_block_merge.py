@@ -168,3 +168,31 @@ def test_check_version_names_the_ops():
     m.graph.node[0].op_type = "WordLabels"
     with pytest.raises(vx.VWTError, match=r"version 2 \(TokenMerge, BlockMerge\)"):
         ops.check_version(m)
+
+
+def test_library_refuses_bad_attributes_and_shapes_in_one_line():
+    """The kernel's checks (plugins/common/vwt_block_merge.h), each a one-line error naming the values."""
+    for attrs, msg in (({"r": -1}, "must be >= 0"), ({"r": 3, "r_den": 4}, "above 1/2"),
+                       ({"r": 1, "r_den": 2**40}, "above 2\\^31")):
+        with pytest.raises(Exception, match=msg):
+            open_session("library", 1, **attrs).run(None, {"tokens": np.zeros((1, 8, 4), np.float32),
+                                                           "metric": np.zeros((1, 8, 2), np.float32),
+                                                           "sizes": np.ones((1, 8), np.float32)})
+    session = open_session("library", 5, r=2)
+    with pytest.raises(Exception, match="fewer than num_prefix 5"):
+        session.run(None, {"tokens": np.zeros((1, 3, 4), np.float32), "metric": np.zeros((1, 3, 2), np.float32),
+                           "sizes": np.ones((1, 3), np.float32)})
+    with pytest.raises(Exception, match=r"expected tokens \[B, T, D\], metric \[B, T, C\] and sizes \[B, T\]"):
+        session.run(None, {"tokens": np.zeros((1, 8, 4), np.float32), "metric": np.zeros((1, 7, 2), np.float32),
+                           "sizes": np.ones((1, 8), np.float32)})
+
+
+def test_library_stays_in_bounds_on_degenerate_metrics():
+    """NaN or all-zero metric rows (0/0 cosines): no score can be trusted, but the kernel must neither merge a
+    prefix token nor write past its output (the candidates are the A tokens that scored above -inf)."""
+    run = open_session("library", 1, r=1)
+    for metric in (np.full((2, 6, 3), np.nan, np.float32), np.zeros((2, 6, 3), np.float32)):
+        tokens = np.arange(2 * 6 * 4, dtype=np.float32).reshape(2, 6, 4)
+        merged, merged_sizes = run.run(None, {"tokens": tokens, "metric": metric, "sizes": np.ones((2, 6), np.float32)})
+        assert merged.shape == (2, 5, 4) and merged_sizes.shape == (2, 5)
+        np.testing.assert_array_equal(merged[:, 0], tokens[:, 0])  # the prefix token stays itself

@@ -67,6 +67,22 @@ def test_graph_equals_torch_with_a_dynamic_token_count(exported, op_library, for
     assert (hmodel.decision_margins(x) >= NEAR_TIE_EPS).all()
 
 
+@pytest.mark.parametrize("form", ["library", "portable"])
+def test_a_schedule_of_fraction_none_and_count_exports(hybrid_models, hybrid_vocabs, op_library, form):
+    """The default rule is a fraction (BlockMerge's r / r_den), a block with rule 0 holds no BlockMerge, and a count
+    is r alone: one graph holding all three equals torch."""
+    model, vocab = hybrid_models["registers"], hybrid_vocabs["registers"]
+    x = images_for(model, seed=4)
+    hmodel = compress_hybrid(model, vocab, threshold=mixed_threshold(model, x, vocab), r=[0.25, 0, 2], tile=2)
+    proto = export_hybrid(hmodel)
+    merges = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in proto.graph.node
+              if n.op_type == ops.BLOCK_MERGE]
+    assert [(m["r"], m["r_den"]) for m in merges] == [(1, 4), (2, 0)]
+    result = check_against_torch(proto if form == "library" else make_portable(proto), hmodel, x)
+    assert result == {**result, "compared": len(x), "near_ties": 0, "matches_differ": 0}
+    assert result["max_rel_err"] < 1e-4
+
+
 def test_export_check_compares_and_can_fail(exported, op_library):
     hmodel, proto, x = exported
     other = compress_hybrid(hmodel.model, hmodel.vwt.vocab, threshold=hmodel.threshold, r=R - 1)

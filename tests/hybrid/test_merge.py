@@ -50,6 +50,9 @@ def test_output_layout():
     t = sizes.shape[1]
     assert slots[0].tolist() == [0, 2, t, 3, 1, 4, t, 5, 6, 7]
     assert slots[1].tolist() == [0, 4, 1, 5, t, 6, 2, 7, 3, 8]
+    # an image that merges nothing keeps its order (as alone, where the step is skipped), pads included
+    still = output_slots(sizes, torch.zeros_like(merged), num_prefix=1)
+    assert still.tolist() == [list(range(t))] * 2
 
 
 def test_merge_tokens_is_per_image_and_pads_stay_out():

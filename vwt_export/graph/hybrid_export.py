@@ -171,6 +171,9 @@ def _join_block(attention: onnx.ModelProto, mlp: onnx.ModelProto, rule, num_pref
     # the two exports name their tensors alike ("val_3", "linear"); their inputs and outputs are the joints
     attention, mlp = (onnx.compose.add_prefix(half, prefix, rename_inputs=False, rename_outputs=False)
                       for half, prefix in ((attention, "attn/"), (mlp, "mlp/")))
+    if attention.functions or mlp.functions:  # the join below carries graphs, not functions
+        raise VWTError("the hybrid block's export holds ONNX local functions, which this join does not carry over "
+                       "(export with the torch version vwt-export pins)")
     nodes = list(attention.graph.node)
     if rule == 0:
         nodes.append(onnx.helper.make_node("Identity", ["x_attn"], ["x_merged"]))

@@ -274,15 +274,15 @@ def block_merge_function() -> onnx.FunctionProto:
     real_b = b("And", [allowed, b("Not", [is_a], "is_b")], "real_b")
     pads = b("Not", [real], "pads")
 
-    def kind(mask: str) -> tuple[str, str]:  # (count per image [B, 1], place among its kind [B, T])
+    def kind(mask: str, counted: bool = True) -> tuple[str | None, str]:  # (count per image [B, 1], place among its kind [B, T])
         as_int = b("Cast", [mask], f"{mask}_i", to=i64)
-        count = b("ReduceSum", [as_int, ax1], f"{mask}_n", keepdims=1)
+        count = b("ReduceSum", [as_int, ax1], f"{mask}_n", keepdims=1) if counted else None
         return count, b("Sub", [b("CumSum", [as_int, b.const(f"{mask}_axis", 1, np.int64)], f"{mask}_cum"), one],
                         f"{mask}_rank")
 
     n_a, rank_a = kind(unmerged_a)
     n_b, rank_b = kind(real_b)
-    _, rank_pad = kind(pads)
+    _, rank_pad = kind(pads, counted=False)
     start_b = b("Add", ["bm_p", n_a], "start_b")
     start_pad = b("Add", [start_b, n_b], "start_pad")
     slot = b("Where", [pads, b("Add", [start_pad, rank_pad], "pad_slot"), t], "slot_pads")

@@ -15,10 +15,8 @@ alone, with no padding:
   (vwt_export.tome.merge), so the next block's split is again the image's own, block after block. An image
   that merges nothing (r_b = 0) keeps its order, as alone, where the step is skipped.
 
-Everything is static-shape given T (the output has T - removed(T) tokens) and written in ops that export to
-standard ONNX: the rank by pairwise comparisons (vwt_export.tome.merge.descending_rank), the sums of merged
-tokens by a one-hot MatMul (no ScatterElements with add: TensorRT has none, ONNX Runtime's CPU kernel has no
-float16 one), the new order by CumSum and an inverse permutation through a one-hot ArgMax, as ToMe's export.
+The step is the torch reference of the graph's vwt::BlockMerge op (merge_step); its C++ kernel
+(plugins/common/vwt_block_merge.h) and its standard-op body (vwt_export/graph/ops.py) are tested against it.
 """
 
 from __future__ import annotations
@@ -67,15 +65,12 @@ def rule_label(rule: Rule) -> str:
     return str(rule) if isinstance(rule, int) else f"{float(rule):g}"
 
 
-def removed(length, num_prefix: int, rule: Rule):
-    """Tokens a sequence of `length` real tokens loses in one step: an int (or a SymInt while exporting).
-    Both branches keep length - removed(length) non-decreasing in length, which the batch layout needs."""
+def removed(length: int, num_prefix: int, rule: Rule) -> int:
+    """Tokens a sequence of `length` real tokens loses in one step. Both rules keep length - removed(length)
+    non-decreasing in length, which the batch layout needs."""
     n = length - num_prefix
-    half = n // 2
     want = rule if isinstance(rule, int) else n * rule.numerator // rule.denominator
-    if isinstance(n, int):
-        return max(0, min(want, half))
-    return torch.sym_max(0, torch.sym_min(want, half))
+    return max(0, min(want, n // 2))
 
 
 def removed_per_image(lengths: torch.Tensor, num_prefix: int, rule: Rule) -> torch.Tensor:
@@ -195,7 +190,7 @@ def merge_step(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, rule:
     image alone skips it. Pads' token values are unspecified (here as given or zero; BlockMerge's body gives
     zero). With `margins`, the step's decision margin per image [B] is appended to it."""
     t_out = x.shape[1] - removed(x.shape[1], num_prefix, rule)
-    if rule == 0 or (isinstance(t_out, int) and t_out == x.shape[1]):
+    if t_out == x.shape[1]:
         return x, sizes
     r_img = removed_per_image((sizes > 0).sum(dim=1), num_prefix, rule)
     if margins is not None:

@@ -196,3 +196,4 @@ def test_library_stays_in_bounds_on_degenerate_metrics():
         merged, merged_sizes = run.run(None, {"tokens": tokens, "metric": metric, "sizes": np.ones((2, 6), np.float32)})
         assert merged.shape == (2, 5, 4) and merged_sizes.shape == (2, 5)
         np.testing.assert_array_equal(merged[:, 0], tokens[:, 0])  # the prefix token stays itself
+        assert (merged_sizes == 1).all()  # nothing merged: no prefix token summed into a B token

@@ -1,8 +1,9 @@
 // CPU kernel of vwt::BlockMerge (opset 2): one in-block merge of the hybrid method. Semantics:
 // vwt_export/hybrid/merge.py (merge_step) is the executable spec; tests compare this code against it.
 //
-// Header-only and free of any runtime's API, like vwt_cpu.h. Images are independent: work is handed to a
-// caller-supplied parallel_for(total, fn(begin, end)) over the batch.
+// Header-only and free of any runtime's API, like vwt_cpu.h. Work is handed to a caller-supplied
+// parallel_for(total, fn(begin, end)): the matching over tokens (most of the work, even for one image), the
+// merge over images.
 #pragma once
 
 #include <algorithm>
@@ -40,6 +41,17 @@ inline void check_block_merge_attributes(int64_t P, int64_t r, int64_t r_den) {
   }
 }
 
+// T' = T - removed(T), the output's tokens per image, after the checks every call makes (a runtime sizes its
+// outputs with it before block_merge_cpu runs).
+inline int64_t block_merge_out_tokens(int64_t T, int64_t P, int64_t r, int64_t r_den) {
+  check_block_merge_attributes(P, r, r_den);
+  if (T < P) {
+    throw std::invalid_argument("BlockMerge: " + std::to_string(T) + " tokens per image, fewer than num_prefix " +
+                                std::to_string(P));
+  }
+  return T - block_merge_removed(T, P, r, r_den);
+}
+
 // Scratch of one worker, reused across images.
 struct BlockMergeScratch {
   std::vector<float> acc, row;
@@ -74,12 +86,7 @@ template <class ParallelFor>
 void block_merge_cpu(const float* tokens, const float* metric, const float* sizes, int64_t B, int64_t T, int64_t D,
                      int64_t C, int64_t P, int64_t r, int64_t r_den, float* merged, float* merged_sizes,
                      ParallelFor&& parallel_for) {
-  check_block_merge_attributes(P, r, r_den);
-  if (T < P) {
-    throw std::invalid_argument("BlockMerge: " + std::to_string(T) + " tokens per image, fewer than num_prefix " +
-                                std::to_string(P));
-  }
-  const int64_t T_out = T - block_merge_removed(T, P, r, r_den);
+  const int64_t T_out = block_merge_out_tokens(T, P, r, r_den);
   if (T_out == T) {
     std::memcpy(merged, tokens, static_cast<size_t>(B * T * D) * sizeof(float));
     std::memcpy(merged_sizes, sizes, static_cast<size_t>(B * T) * sizeof(float));

@@ -11,7 +11,6 @@
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
 
-#include <algorithm>
 #include <exception>
 #include <mutex>
 #include <string>
@@ -217,7 +216,7 @@ struct BlockMergeKernel {
                                     dims(ts) + ", " + dims(ms) + " and " + dims(ss));
       }
       const int64_t B = ts[0], T = ts[1], D = ts[2], C = ms[2];
-      const int64_t T_out = T - vwt::block_merge_removed(std::max(T, num_prefix), num_prefix, r, r_den);
+      const int64_t T_out = vwt::block_merge_out_tokens(T, num_prefix, r, r_den);
       auto merged = ctx.GetOutput(0, {B, T_out, D});
       auto merged_sizes = ctx.GetOutput(1, {B, T_out});
       vwt::block_merge_cpu(tokens.GetTensorData<float>(), metric.GetTensorData<float>(), sizes.GetTensorData<float>(),

@@ -42,30 +42,29 @@ META_R, META_THRESHOLD, META_GROUPING, META_PROP_ATTN, META_TILE = (
 
 
 class _Attention(torch.nn.Module):
-    """A block's first half: (tokens [B, T, D], sizes [B, T]) -> (tokens after attention and its residual, the
-    merge metric [B, T, head_dim]: the keys averaged over heads)."""
+    """A block's first half, vwt_export.hybrid.model.attention_half: (tokens, sizes) -> (tokens, merge metric)."""
 
     def __init__(self, blk: torch.nn.Module, prop_attn: bool):
         super().__init__()
         self.blk, self.prop_attn = blk, prop_attn
 
     def forward(self, x: torch.Tensor, sizes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..tome.model import attention_with_keys
-        from ..vwt.merge import attention_bias
+        from ..hybrid.model import attention_half
 
-        out, metric = attention_with_keys(self.blk.attn, self.blk.norm1(x), attention_bias(sizes, self.prop_attn, x.dtype))
-        return x + self.blk.ls1(out), metric
+        return attention_half(self.blk, x, sizes, self.prop_attn)
 
 
 class _Mlp(torch.nn.Module):
-    """A block's second half, after the merge: tokens -> tokens + ls2(mlp(norm2(tokens)))."""
+    """A block's second half, after the merge: vwt_export.hybrid.model.mlp_half."""
 
     def __init__(self, blk: torch.nn.Module):
         super().__init__()
         self.blk = blk
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.blk.ls2(self.blk.mlp(self.blk.norm2(x)))
+        from ..hybrid.model import mlp_half
+
+        return mlp_half(self.blk, x)
 
 
 class _Head(torch.nn.Module):

@@ -187,8 +187,7 @@ def merge_step(x: torch.Tensor, metric: torch.Tensor, sizes: torch.Tensor, rule:
     """One in-block merge, what the graph's vwt::BlockMerge node computes: x[B, T, D], metric[B, T, C] (the keys
     averaged over heads), sizes float32 [B, T] -> (x, sizes) [B, T - removed(T), ...]. Every image b merges
     r_b = removed(L_b) of its own tokens. A step that removes nothing (removed(T) = 0) returns its input, as an
-    image alone skips it. Pads' token values are unspecified (here as given or zero; BlockMerge's body gives
-    zero). With `margins`, the step's decision margin per image [B] is appended to it."""
+    image alone skips it. Pads' token values are unspecified (here as given or zero; BlockMerge gives zero). With `margins`, the step's decision margin per image [B] is appended to it."""
     t_out = x.shape[1] - removed(x.shape[1], num_prefix, rule)
     if t_out == x.shape[1]:
         return x, sizes

@@ -47,14 +47,26 @@ def check_tile(tile) -> int:
     return tile
 
 
+def attention_half(blk: nn.Module, x: torch.Tensor, sizes: torch.Tensor,
+                   prop_attn: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A timm Block up to its merge: x[B, T, D], sizes [B, T] -> (x + attention, the merge metric [B, T, head_dim]:
+    the keys averaged over heads). The graph exports this half as it is (graph/hybrid_export.py)."""
+    attn_out, metric = attention_with_keys(blk.attn, blk.norm1(x), attention_bias(sizes, prop_attn, x.dtype))
+    return x + blk.drop_path1(blk.ls1(attn_out)), metric
+
+
+def mlp_half(blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A timm Block after its merge: x + MLP (exported as it is, too)."""
+    return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+
+
 def hybrid_block(blk: nn.Module, x: torch.Tensor, sizes: torch.Tensor, rule: Rule, num_prefix: int, prop_attn: bool,
                  margins: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One timm Block on a padded batch x[B, T, D] with sizes float32 [B, T] (0 for pads), merging between
     attention and MLP. With `margins`, the step's decision margin per image [B] is appended to it."""
-    attn_out, metric = attention_with_keys(blk.attn, blk.norm1(x), attention_bias(sizes, prop_attn, x.dtype))
-    x, sizes = merge_step(x + blk.drop_path1(blk.ls1(attn_out)), metric, sizes, rule, num_prefix, margins)
-    x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
-    return x, sizes
+    x, metric = attention_half(blk, x, sizes, prop_attn)
+    x, sizes = merge_step(x, metric, sizes, rule, num_prefix, margins)
+    return mlp_half(blk, x), sizes
 
 
 class HybridViT(nn.Module):
